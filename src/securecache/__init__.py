@@ -1,0 +1,37 @@
+"""securecache: read-through / write-through caching of Security and Score records.
+
+PostgreSQL is the source of truth, Redis the shared cache. Start with :class:`SecureCache`
+(async) or :class:`securecache.sync.SecureCache`.
+"""
+
+from securecache._version import __version__
+from securecache.client import Health, SecureCache
+from securecache.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    SecureCacheError,
+    UnavailableError,
+    ValidationError,
+)
+from securecache.models import Page, Score, ScoreUpdate, Security
+from securecache.settings import Settings
+from securecache.store import ScoreWrite
+
+__all__ = [
+    "ConfigurationError",
+    "ConflictError",
+    "Health",
+    "NotFoundError",
+    "Page",
+    "Score",
+    "ScoreUpdate",
+    "ScoreWrite",
+    "SecureCache",
+    "SecureCacheError",
+    "Security",
+    "Settings",
+    "UnavailableError",
+    "ValidationError",
+    "__version__",
+]

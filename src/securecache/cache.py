@@ -1,0 +1,248 @@
+"""Redis, the shared cache: the only module with Redis commands and Lua.
+
+Every write goes through one compare-and-set script (:data:`CAS_SCRIPT`): a value is stored
+only if nothing newer is there, and a read-through fill only while its lease stands. The
+lease closes the race a version check alone cannot: an invalidation, a flush or a Redis
+restart empties the key while an older fill is in flight; all of them also remove the lease,
+so that fill is refused.
+
+Redis is an optimisation, never a dependency: every failure is caught here, counted, and
+reported as "no answer" (a miss, a refused lease, a write not done). A circuit breaker stops
+calling a Redis that keeps failing; keys whose update could not be made are remembered and
+deleted as soon as Redis answers again, so no stale value survives an outage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import attrs
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from securecache.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# KEYS[1] value key, KEYS[2] lease key (same hash slot).
+# ARGV[1] version, ARGV[2] entry, ARGV[3] TTL in ms, ARGV[4] lease token ("" = write-through).
+# Returns 1 stored, 0 refused (a newer version is there), -1 refused (lease lost).
+CAS_SCRIPT: Final = """
+local token = ARGV[4]
+if token ~= '' then
+  if redis.call('GET', KEYS[2]) ~= token then return -1 end
+end
+redis.call('DEL', KEYS[2])
+local current = redis.call('GET', KEYS[1])
+if current then
+  local v = tonumber(string.match(current, '^(%d+)|'))
+  if v and v > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+CAS_SHA: Final = hashlib.sha1(CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+STORED: Final = 1
+REFUSED_NEWER: Final = 0
+REFUSED_LEASE: Final = -1
+
+RedisClient = aioredis.Redis | RedisCluster
+
+
+@attrs.frozen
+class CacheWrite:
+    """One compare-and-set: store ``entry`` (of ``version``) at ``key`` for ``ttl_ms``."""
+
+    key: str
+    lease_key: str
+    version: int
+    entry: bytes
+    ttl_ms: int
+
+
+class CircuitBreaker:
+    """Stops calling Redis after repeated failures; lets one probe through after a pause."""
+
+    def __init__(self, failures: int, reset_seconds: float) -> None:
+        self._threshold = failures
+        self._reset = reset_seconds
+        self._failures = 0
+        self._open_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self._failures >= self._threshold and time.monotonic() < self._open_until
+
+    def allow(self) -> bool:
+        """True if a call may go to Redis now (closed, or half-open probe time)."""
+        return not self.is_open
+
+    def success(self) -> bool:
+        """Record a success; True if this closed a breaker that had tripped."""
+        recovered = self._failures >= self._threshold
+        self._failures = 0
+        return recovered
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self._failures >= self._threshold:
+            self._open_until = time.monotonic() + self._reset
+
+
+def connect(url: str, *, cluster: bool, timeout: float, max_connections: int) -> RedisClient:
+    """A redis-py asyncio client tuned to fail fast: PostgreSQL can always answer instead."""
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # One retry on a fresh connection heals a pool whose connections died with a
+        # restarted Redis; more would only delay the fall-through to PostgreSQL.
+        "retry": Retry(NoBackoff(), 1),
+        "max_connections": max_connections,
+        # No CLIENT SETINFO on connect: one command fewer for the ACL to allow.
+        "lib_name": None,
+        "lib_version": None,
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **common)
+    return aioredis.Redis.from_url(url, **common)
+
+
+class RedisCache:
+    """The Redis round trips the policy needs, each failing open."""
+
+    def __init__(self, client: RedisClient, telemetry: Telemetry, breaker: CircuitBreaker) -> None:
+        self._client = client
+        self._telemetry = telemetry
+        self._breaker = breaker
+        self._dirty: set[str] = set()
+        """Keys whose write-through failed: deleted once Redis answers again."""
+
+    @property
+    def degraded(self) -> bool:
+        """True while the breaker is open or invalidations are waiting to be replayed."""
+        return self._breaker.is_open or bool(self._dirty)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, operation: str, fn: Callable[[], Awaitable[T]], fallback: T) -> T:
+        """Run one round trip under the breaker; on any Redis failure return ``fallback``."""
+        if not self._breaker.allow():
+            return fallback
+        with self._telemetry.client_span(operation, "redis", operation) as span:
+            try:
+                result = await fn()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._breaker.failure()
+                self._telemetry.redis_errors.add(1, {"db.operation.name": operation})
+                span.set_attribute("error.type", type(exc).__name__)
+                log.warning("redis %s failed (%s); serving from PostgreSQL", operation, exc)
+                return fallback
+        if self._breaker.success() or self._dirty:
+            await self._replay_invalidations()
+        return result
+
+    async def ping(self) -> bool:
+        async def run() -> bool:
+            return bool(await self._client.ping())
+
+        return await self._call("PING", run, False)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Raw entries of ``keys`` (None for absent); all None when Redis does not answer."""
+
+        async def run() -> list[bytes | None]:
+            if isinstance(self._client, RedisCluster):
+                values = await self._client.mget_nonatomic(list(keys))
+            else:
+                values = await self._client.mget(list(keys))
+            return [v if isinstance(v, bytes) or v is None else None for v in values]
+
+        return await self._call("MGET", run, [None] * len(keys))
+
+    async def take_leases(self, lease_keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
+        """Try to take a fill lease on each key (SET NX PX); False where another holds it."""
+
+        async def run() -> list[bool]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in lease_keys:
+                pipe.set(key, token, nx=True, px=ttl_ms)
+            return [bool(r) for r in await pipe.execute()]
+
+        return await self._call("SET NX", run, [False] * len(lease_keys))
+
+    async def compare_and_set(self, writes: Sequence[CacheWrite], token: str = "") -> list[int]:
+        """Run the CAS script for each write in one pipeline; results as in CAS_SCRIPT.
+
+        With ``token`` (a read-through fill) a write is refused unless its lease stands;
+        without (a write-through) it also revokes any lease, so no in-flight fill can land
+        after it. Writes that could not reach Redis come back refused and, for
+        write-throughs, are remembered for invalidation.
+        """
+        if not writes:
+            return []
+
+        async def run() -> list[int]:
+            try:
+                return await self._run_cas(writes, token)
+            except NoScriptError:
+                await self._client.script_load(CAS_SCRIPT)
+                return await self._run_cas(writes, token)
+
+        no_answer: list[int] = []
+        results = await self._call("EVALSHA", run, no_answer)
+        if not results:
+            if not token:
+                self._dirty.update(k for w in writes for k in (w.key, w.lease_key))
+            return [REFUSED_LEASE] * len(writes)
+        return results
+
+    async def _run_cas(self, writes: Sequence[CacheWrite], token: str) -> list[int]:
+        pipe = self._client.pipeline(transaction=False)
+        for w in writes:
+            pipe.evalsha(CAS_SHA, 2, w.key, w.lease_key, w.version, w.entry, w.ttl_ms, token)
+        results = await pipe.execute(raise_on_error=False)
+        for r in results:
+            if isinstance(r, Exception):  # NoScriptError included: the caller loads it
+                raise r
+        return [int(r) for r in results]
+
+    async def delete(self, keys: Sequence[str]) -> bool:
+        """Delete keys (values and leases); remembered for later if Redis does not answer."""
+
+        async def run() -> bool:
+            await self._client.delete(*keys)
+            return True
+
+        done = await self._call("DEL", run, False)
+        if not done:
+            self._dirty.update(keys)
+        return done
+
+    async def _replay_invalidations(self) -> None:
+        """Delete the keys whose updates were lost while Redis was away."""
+        pending = list(self._dirty)
+        if not pending:
+            return
+        try:
+            # Cluster: one DEL per key, since they span slots; a plain Redis takes them all.
+            if isinstance(self._client, RedisCluster):
+                for key in pending:
+                    await self._client.delete(key)
+            else:
+                await self._client.delete(*pending)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis: replaying %d invalidations failed (%s)", len(pending), exc)
+            return
+        self._dirty.difference_update(pending)
+        log.info("redis: replayed %d invalidations after an outage", len(pending))

@@ -1,0 +1,270 @@
+"""``SecureCache``: the facade applications import. It owns the pools and their lifecycle."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Self
+
+import attrs
+from opentelemetry import metrics, trace
+
+from securecache.cache import CircuitBreaker, RedisCache, connect
+from securecache.errors import ConfigurationError, SecureCacheError, ValidationError
+from securecache.keys import KeyScheme, Kind
+from securecache.models import Page, Score, ScoreUpdate, Security, validate_id, validate_ids
+from securecache.readthrough import ReadThrough, TTLPolicy
+from securecache.settings import Settings
+from securecache.store import ScoreWrite, Store
+from securecache.telemetry import Telemetry
+
+MAX_PAGE = 500
+MAX_WRITE_BATCH = 1000
+
+
+def encode_cursor(last_id: str) -> str:
+    """An opaque cursor: clients must not build or parse them."""
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The id a cursor points after; a malformed cursor is a ValidationError."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        return validate_id(raw, "cursor")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError("cursor is not one this API returned", field="cursor") from exc
+
+
+class Securities:
+    """Securities: read-through reads and keyset-paginated listing."""
+
+    def __init__(self, reads: ReadThrough[Security], store: Store, telemetry: Telemetry) -> None:
+        self._reads = reads
+        self._store = store
+        self._telemetry = telemetry
+
+    async def get(self, security_id: str) -> Security | None:
+        """The security, or None if it does not exist."""
+        return await self._reads.get(validate_id(security_id))
+
+    async def get_many(self, security_ids: Iterable[str]) -> dict[str, Security]:
+        """The securities among ``security_ids`` that exist."""
+        return await self._reads.get_many(validate_ids(list(security_ids)))
+
+    async def list(self, limit: int = 50, after: str | None = None) -> Page[Security]:
+        """One page in id order; pass ``page.next_cursor`` as ``after`` for the next one."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit")
+        start = None if after is None else decode_cursor(after)
+        with self._telemetry.call_span("securecache securities.list"):
+            rows = await self._store.list_securities(limit + 1, start)
+        items = rows[:limit]
+        next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+
+class Scores:
+    """Scores: read-through reads and write-through writes."""
+
+    def __init__(self, reads: ReadThrough[Score], store: Store, telemetry: Telemetry) -> None:
+        self._reads = reads
+        self._store = store
+        self._telemetry = telemetry
+
+    async def get(self, security_id: str) -> Score | None:
+        """The score of a security, or None if it has none (or the security does not exist)."""
+        return await self._reads.get(validate_id(security_id))
+
+    async def get_many(self, security_ids: Iterable[str]) -> dict[str, Score]:
+        """The scores among ``security_ids`` that exist."""
+        return await self._reads.get_many(validate_ids(list(security_ids)))
+
+    async def put(
+        self, security_id: str, update: ScoreUpdate, *, if_version: int | None = None
+    ) -> Score:
+        """Write a score (commit, then cache); see :meth:`upsert`."""
+        return (await self.upsert(security_id, update, if_version=if_version)).score
+
+    async def upsert(
+        self, security_id: str, update: ScoreUpdate, *, if_version: int | None = None
+    ) -> ScoreWrite:
+        """Commit a score in PostgreSQL, then write that version to Redis.
+
+        ``if_version`` makes the write conditional on the current version (ConflictError
+        otherwise). A security that does not exist is a NotFoundError; nothing is written.
+        """
+        writes = await self.upsert_many(
+            {security_id: update}, if_versions={security_id: if_version}
+        )
+        return writes[security_id]
+
+    async def upsert_many(
+        self,
+        updates: Mapping[str, ScoreUpdate],
+        *,
+        if_versions: Mapping[str, int | None] | None = None,
+    ) -> dict[str, ScoreWrite]:
+        """Write many scores in one transaction (all or none), then cache them in one pipeline."""
+        validate_ids(list(updates))
+        if not 1 <= len(updates) <= MAX_WRITE_BATCH:
+            raise ValidationError(f"a batch holds 1 to {MAX_WRITE_BATCH} scores", field="items")
+        for update in updates.values():
+            if not isinstance(update, ScoreUpdate):
+                raise ValidationError("scores are written as ScoreUpdate values")
+        for version in (if_versions or {}).values():
+            if version is not None and (
+                isinstance(version, bool) or not isinstance(version, int) or version < 1
+            ):
+                raise ValidationError("if_version must be an integer >= 1", field="if_version")
+        with self._telemetry.call_span("securecache scores.put") as span:
+            span.set_attribute("securecache.ids", len(updates))
+            writes = await self._store.upsert_scores(updates, if_versions)
+            await self._reads.write_through([w.score for w in writes.values()])
+            return writes
+
+
+class SecureCache:
+    """Security and Score records: PostgreSQL as the truth, Redis as the shared cache.
+
+    Use as ``async with SecureCache(settings) as cache:``, or call :meth:`open` and
+    :meth:`aclose`. Without ``redis_url`` every read goes to PostgreSQL.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        s = self.settings
+        if not s.database_url:
+            raise ConfigurationError(
+                "database_url is required (SECURECACHE_DATABASE_URL)", field="database_url"
+            )
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
+        self._keys = KeyScheme(s.key_prefix)
+        self._store = Store.create(
+            s.database_url,
+            self._telemetry,
+            min_size=s.db_pool_min_size,
+            max_size=s.db_pool_max_size,
+            timeout=s.db_timeout_seconds,
+        )
+        self._cache = (
+            RedisCache(
+                connect(
+                    s.redis_url,
+                    cluster=s.redis_cluster,
+                    timeout=s.redis_timeout_seconds,
+                    max_connections=s.redis_max_connections,
+                ),
+                self._telemetry,
+                CircuitBreaker(s.breaker_failures, s.breaker_reset_seconds),
+            )
+            if s.redis_url
+            else None
+        )
+        ttl = TTLPolicy(s.ttl_seconds, s.negative_ttl_seconds, s.ttl_jitter)
+        security_reads = ReadThrough(
+            kind=Kind.SECURITY,
+            record_type=Security,
+            fetch=self._store.securities,
+            cache=self._cache,
+            keys=self._keys,
+            ttl=ttl,
+            telemetry=self._telemetry,
+            lease_ms=s.lease_ms,
+        )
+        score_reads = ReadThrough(
+            kind=Kind.SCORE,
+            record_type=Score,
+            fetch=self._store.scores,
+            cache=self._cache,
+            keys=self._keys,
+            ttl=ttl,
+            telemetry=self._telemetry,
+            lease_ms=s.lease_ms,
+        )
+        self._reads = (security_reads, score_reads)
+        self.securities = Securities(security_reads, self._store, self._telemetry)
+        self.scores = Scores(score_reads, self._store, self._telemetry)
+        self._opened = False
+
+    async def open(self) -> Self:
+        """Start the pools (PostgreSQL connects in the background)."""
+        if not self._opened:
+            await self._store.open()
+            self._opened = True
+        return self
+
+    async def aclose(self) -> None:
+        """Finish loads in flight, then close the pools."""
+        if not self._opened:
+            return
+        self._opened = False
+        for reads in self._reads:
+            await reads.aclose()
+        if self._cache is not None:
+            await self._cache.close()
+        await self._store.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def invalidate(self, security_id: str) -> None:
+        """Drop the cached security and score of ``security_id`` (and void fills in flight)."""
+        validate_id(security_id)
+        if self._cache is None:
+            return
+        with self._telemetry.call_span("securecache invalidate"):
+            await self._cache.delete(
+                [
+                    key
+                    for kind in Kind
+                    for key in (
+                        self._keys.value(kind, security_id),
+                        self._keys.lease(kind, security_id),
+                    )
+                ]
+            )
+
+    async def health(self) -> Health:
+        """Whether PostgreSQL answers and in what state Redis is (for readiness probes)."""
+        try:
+            await self._store.ping()
+            database = True
+        except SecureCacheError:
+            database = False
+        if self._cache is None:
+            redis = "disabled"
+        elif await self._cache.ping() and not self._cache.degraded:
+            redis = "ok"
+        else:
+            redis = "degraded"
+        return Health(database=database, redis=redis)
+
+
+@attrs.frozen
+class Health:
+    """Readiness: serving needs PostgreSQL; Redis only makes it faster."""
+
+    database: bool
+    redis: str
+    """"ok", "degraded" (down, or catching up after an outage) or "disabled"."""
+
+    @property
+    def ready(self) -> bool:
+        return self.database

@@ -1,0 +1,110 @@
+"""The wire format, owned by one cattrs converter (orjson).
+
+JSON (HTTP and Redis) uses the design's field names, with ``updated_at`` as RFC 3339 UTC
+(``2026-01-02T03:04:05.123456Z``). A Redis entry is ``b"<version>|<json>"``: the version in
+front lets the compare-and-set script order entries without decoding JSON, and
+``b"0|"`` marks an id known to be absent (negative caching). Anything read from Redis is
+untrusted: a corrupt, oversized or wrong-shaped entry decodes to :data:`CORRUPT`, which
+callers treat as a miss. I/O-free.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+import orjson
+from cattrs.preconf.orjson import make_converter
+
+from securecache.models import Score, Security
+
+MAX_ENTRY_BYTES: Final = 16 * 1024
+"""Largest Redis entry accepted on read; a bigger one is not ours and counts as corrupt."""
+
+ABSENT_VERSION: Final = 0
+
+
+class Marker(enum.Enum):
+    """Results of decoding a cache entry that are not records."""
+
+    ABSENT = "absent"
+    """The id is known not to exist in PostgreSQL (a negative-cache entry)."""
+    CORRUPT = "corrupt"
+    """The entry could not be trusted; treat as a miss."""
+
+
+ABSENT: Final = Marker.ABSENT
+CORRUPT: Final = Marker.CORRUPT
+
+Record = Security | Score
+R = TypeVar("R", Security, Score)
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_timestamp(value: Any, _type: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("updated_at must be an RFC 3339 string")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("updated_at must carry a UTC offset")
+    return parsed.astimezone(UTC)
+
+
+converter = make_converter(forbid_extra_keys=True, detailed_validation=False)
+"""The one converter of the wire format (JSON over HTTP and in Redis)."""
+converter.register_unstructure_hook(datetime, format_timestamp)
+converter.register_structure_hook(datetime, _parse_timestamp)
+
+
+def to_dict(record: Record) -> dict[str, Any]:
+    """The JSON-ready mapping of a record (for HTTP bodies)."""
+    result: dict[str, Any] = converter.unstructure(record)
+    return result
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise records, lists and mappings of them to JSON bytes."""
+    return orjson.dumps(converter.unstructure(value))
+
+
+def from_dict(kind: type[R], data: Any) -> R:
+    """Structure a record from decoded JSON; raises on any shape or rule violation."""
+    return converter.structure(data, kind)
+
+
+def encode_entry(record: Record | None) -> bytes:
+    """A Redis entry for ``record``, or the absent marker for None."""
+    if record is None:
+        return b"0|"
+    return b"%d|%s" % (record.version, orjson.dumps(converter.unstructure(record)))
+
+
+def entry_version(record: Record | None) -> int:
+    """The version a Redis entry for ``record`` carries (0 for absent)."""
+    return ABSENT_VERSION if record is None else record.version
+
+
+def decode_entry(kind: type[R], raw: bytes | None) -> R | Marker | None:
+    """Decode a Redis entry: a record, ABSENT, CORRUPT, or None when there was no entry."""
+    if raw is None:
+        return None
+    if len(raw) > MAX_ENTRY_BYTES:
+        return CORRUPT
+    head, sep, body = raw.partition(b"|")
+    if not sep or not head.isdigit():
+        return CORRUPT
+    version = int(head)
+    if version == ABSENT_VERSION:
+        return ABSENT if not body else CORRUPT
+    try:
+        record = from_dict(kind, orjson.loads(body))
+    except Exception:  # any failure to decode means "do not trust"
+        return CORRUPT
+    if record.version != version:
+        return CORRUPT
+    return record

@@ -1,0 +1,69 @@
+"""The Redis key scheme.
+
+``{prefix}:v1:{ID}:security`` and ``{prefix}:v1:{ID}:score``: the braces are a Redis Cluster
+hash tag, so a security, its score and their leases share one slot; ``v1`` names the wire
+format so that a new one can roll out beside the old. I/O-free.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Final
+
+from securecache.errors import ConfigurationError
+from securecache.models import validate_id
+
+WIRE_VERSION: Final = "v1"
+PREFIX_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+class Kind(StrEnum):
+    """What a key holds."""
+
+    SECURITY = "security"
+    SCORE = "score"
+
+
+def validate_prefix(prefix: str) -> str:
+    """Prefixes are short plain words, so keys stay inside ACL patterns like ``sc:*``."""
+    if PREFIX_PATTERN.fullmatch(prefix) is None:
+        raise ConfigurationError(
+            f"key prefix must be 1-32 characters of [A-Za-z0-9_.-], got {prefix!r}"
+        )
+    return prefix
+
+
+class KeyScheme:
+    """Builds every key the library writes; nothing else formats Redis keys."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, prefix: str = "sc") -> None:
+        self._base = f"{validate_prefix(prefix)}:{WIRE_VERSION}:"
+
+    @property
+    def pattern(self) -> str:
+        """Glob matching every key of this scheme (for ACLs and scans)."""
+        return f"{self._base}*"
+
+    def value(self, kind: Kind, id_: str) -> str:
+        """The key of a cached record."""
+        return f"{self._base}{{{validate_id(id_)}}}:{kind.value}"
+
+    def lease(self, kind: Kind, id_: str) -> str:
+        """The key of a fill lease: who may fill ``value(kind, id_)`` right now."""
+        return f"{self._base}{{{validate_id(id_)}}}:{kind.value}:lease"
+
+    def parse(self, key: str) -> tuple[Kind, str] | None:
+        """Inverse of :meth:`value`; None for any key that is not a value key of this scheme."""
+        if not key.startswith(self._base):
+            return None
+        rest = key[len(self._base) :]
+        if not rest.startswith("{") or "}:" not in rest:
+            return None
+        id_, _, kind = rest[1:].partition("}:")
+        try:
+            return Kind(kind), validate_id(id_)
+        except ValueError:
+            return None

@@ -1,0 +1,165 @@
+"""The records securecache serves, and the rules their fields obey.
+
+I/O-free on purpose: the same validation guards the library API, the HTTP edges, the CSV
+loader and values read back from Redis (which are treated as untrusted input).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, Generic, TypeVar
+
+import attrs
+
+from securecache.errors import ValidationError
+
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+"""Ids: 1 to 64 characters of ``[A-Za-z0-9._:-]``, starting with a letter or digit."""
+
+SCORE_MIN: Final = 0.0
+SCORE_MAX: Final = 10.0
+SCORE_FIELDS: Final = ("growth", "value", "quality", "momentum")
+TEXT_MAX: Final = 256
+"""Longest name, symbol or exchange accepted (keeps cache entries and pages bounded)."""
+
+
+def validate_id(value: object, field: str = "id") -> str:
+    """Return ``value`` if it is a well-formed id, else raise :class:`ValidationError`."""
+    if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+        raise ValidationError(
+            f"{field} must be 1-64 characters of [A-Za-z0-9._:-] starting with a letter or "
+            f"digit, got {value!r:.80}",
+            field=field,
+        )
+    return value
+
+
+def validate_ids(values: Sequence[object], field: str = "ids") -> list[str]:
+    """Validate every id of a batch; the error names the first bad one."""
+    if isinstance(values, str):
+        raise ValidationError(f"{field} must be a sequence of ids, not a string", field=field)
+    return [validate_id(v, field) for v in values]
+
+
+def validate_score_value(value: object, field: str) -> float:
+    """A score field: a finite real number from 0 to 10 inclusive (bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"{field} must be a number, got {type(value).__name__}", field=field)
+    number = float(value)
+    if not math.isfinite(number) or not SCORE_MIN <= number <= SCORE_MAX:
+        raise ValidationError(
+            f"{field} must be a finite number from 0 to 10, got {value!r}", field=field
+        )
+    return number
+
+
+def validate_text(value: object, field: str) -> str:
+    """A name, symbol or exchange: non-blank printable text of bounded length."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{field} must be non-empty text", field=field)
+    if len(value) > TEXT_MAX or not value.isprintable():
+        raise ValidationError(
+            f"{field} must be printable text of at most {TEXT_MAX} characters", field=field
+        )
+    return value
+
+
+def validate_version(value: object, field: str = "version") -> int:
+    """Row versions start at 1 (the trigger sets them) and only grow."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(f"{field} must be an integer >= 1, got {value!r}", field=field)
+    return value
+
+
+def validate_timestamp(value: object, field: str = "updated_at") -> datetime:
+    """Timestamps are timezone-aware and normalised to UTC."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValidationError(f"{field} must be a timezone-aware datetime", field=field)
+    return value.astimezone(UTC)
+
+
+def _check(validator: Any) -> Any:
+    """Adapt a ``validate_*`` function to an attrs validator."""
+
+    def run(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        validator(value, attribute.name)
+
+    return run
+
+
+def _utc(value: Any) -> Any:
+    """Normalise aware datetimes to UTC; anything else is left for the validator to refuse."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC)
+    return value
+
+
+@attrs.frozen
+class Security:
+    """An instrument: the reference record many services share."""
+
+    id: str = attrs.field(validator=_check(validate_id))
+    name: str = attrs.field(validator=_check(validate_text))
+    symbol: str = attrs.field(validator=_check(validate_text))
+    exchange: str = attrs.field(validator=_check(validate_text))
+    version: int = attrs.field(validator=_check(validate_version))
+    updated_at: datetime = attrs.field(converter=_utc, validator=_check(validate_timestamp))
+
+
+@attrs.frozen
+class Score:
+    """The scores of one security (one score per security)."""
+
+    security_id: str = attrs.field(validator=_check(validate_id))
+    growth: float = attrs.field(validator=_check(validate_score_value))
+    value: float = attrs.field(validator=_check(validate_score_value))
+    quality: float = attrs.field(validator=_check(validate_score_value))
+    momentum: float = attrs.field(validator=_check(validate_score_value))
+    version: int = attrs.field(validator=_check(validate_version))
+    updated_at: datetime = attrs.field(converter=_utc, validator=_check(validate_timestamp))
+
+
+def _score(field: str) -> Any:
+    """A converter that validates first, so bools, text and NaN never become floats."""
+    return attrs.field(converter=lambda v: validate_score_value(v, field))
+
+
+@attrs.frozen
+class ScoreUpdate:
+    """The values a writer sets; the database assigns version and timestamp."""
+
+    growth: float = _score("growth")
+    value: float = _score("value")
+    quality: float = _score("quality")
+    momentum: float = _score("momentum")
+
+    @classmethod
+    def from_mapping(cls, data: object) -> ScoreUpdate:
+        """Build from untrusted input (an HTTP body, a CSV row): exact fields, numbers only."""
+        if not isinstance(data, dict):
+            raise ValidationError(
+                "a score update must be an object with growth, value, quality and momentum"
+            )
+        unknown = sorted(set(data) - set(SCORE_FIELDS))
+        if unknown:
+            raise ValidationError(
+                f"unknown field(s): {', '.join(map(str, unknown))}", field=str(unknown[0])
+            )
+        missing = [f for f in SCORE_FIELDS if f not in data]
+        if missing:
+            raise ValidationError(f"missing field(s): {', '.join(missing)}", field=missing[0])
+        return cls(**{f: validate_score_value(data[f], f) for f in SCORE_FIELDS})
+
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Page(Generic[T]):
+    """One page of a keyset-paginated listing; ``next_cursor`` is None on the last page."""
+
+    items: Sequence[T]
+    next_cursor: str | None

@@ -1,0 +1,234 @@
+"""The caching policy: read-through with batching, single-flight and leases.
+
+I/O-free orchestration over :mod:`securecache.store` and :mod:`securecache.cache`.
+
+Every read is a batch. A ``get`` joins the batch of the current event-loop iteration: the
+first caller schedules a flush with ``call_soon`` (no timer, so a lone get waits for nothing),
+and every get or get_many issued before the loop comes round rides the same MGET, the same
+PostgreSQL query for the misses and the same pipelined fill. A key already being loaded is
+not loaded again: later callers wait on the same future (single-flight), so a herd on a cold
+key makes one query per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
+
+from securecache import codec
+from securecache.cache import REFUSED_NEWER, STORED, CacheWrite, RedisCache
+from securecache.keys import KeyScheme, Kind
+from securecache.models import Score, Security
+from securecache.telemetry import SOURCE, Telemetry
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", Security, Score)
+Fetch = Callable[[Sequence[str]], Awaitable[dict[str, R]]]
+
+MAX_BATCH = 500
+"""Most keys in one round trip; bigger batches are split (bounded Redis and SQL arguments)."""
+
+
+class TTLPolicy:
+    """Entry lifetimes with jitter, so entries written together do not expire together."""
+
+    def __init__(self, ttl: float, negative_ttl: float, jitter: float) -> None:
+        self._ttl_ms = ttl * 1000
+        self._negative_ms = negative_ttl * 1000
+        self._jitter = jitter
+
+    def ttl_ms(self, present: bool) -> int:
+        base = self._ttl_ms if present else self._negative_ms
+        return max(1, int(base * (1 + random.uniform(0, self._jitter))))
+
+
+class ReadThrough(Generic[R]):
+    """Read-through for one kind of record (securities or scores)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Kind,
+        record_type: type[R],
+        fetch: Fetch[R],
+        cache: RedisCache | None,
+        keys: KeyScheme,
+        ttl: TTLPolicy,
+        telemetry: Telemetry,
+        lease_ms: int,
+    ) -> None:
+        self._kind = kind
+        self._type: type[R] = record_type
+        self._fetch: Fetch[R] = fetch
+        self._cache = cache
+        self._keys = keys
+        self._ttl = ttl
+        self._telemetry = telemetry
+        self._lease_ms = lease_ms
+        self._pending: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, id_: str) -> R | None:
+        """One record, loaded in the batch of this loop iteration."""
+        with self._telemetry.call_span(f"securecache {self._kind}.get") as span:
+            record, source = await asyncio.shield(self._future(id_))
+            span.set_attribute(SOURCE, source)
+            return record
+
+    async def get_many(self, ids: Iterable[str]) -> dict[str, R]:
+        """The records among ``ids`` that exist, keyed by id."""
+        unique = list(dict.fromkeys(ids))
+        with self._telemetry.call_span(f"securecache {self._kind}.get_many") as span:
+            span.set_attribute("securecache.ids", len(unique))
+            futures = [self._future(i) for i in unique]
+            results = await asyncio.shield(asyncio.gather(*futures))
+            return {i: r for i, (r, _) in zip(unique, results, strict=True) if r is not None}
+
+    def _future(self, id_: str) -> asyncio.Future[tuple[R | None, str]]:
+        future = self._inflight.get(id_) or self._pending.get(id_)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            # A waiter cancelled before the result arrives must not leave an
+            # unretrieved exception behind.
+            future.add_done_callback(_consume)
+            self._pending[id_] = future
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, {}
+        self._inflight.update(batch)
+        items = list(batch.items())
+        for start in range(0, len(items), MAX_BATCH):
+            chunk = dict(items[start : start + MAX_BATCH])
+            task = asyncio.get_running_loop().create_task(self._load(chunk))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _load(self, batch: dict[str, asyncio.Future[tuple[R | None, str]]]) -> None:
+        try:
+            results, sources = await self._read_through(list(batch))
+        except BaseException as exc:
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            for id_, future in batch.items():
+                if not future.done():
+                    future.set_result((results.get(id_), sources[id_]))
+        finally:
+            for id_, future in batch.items():
+                if self._inflight.get(id_) is future:
+                    del self._inflight[id_]
+
+    async def _read_through(self, ids: list[str]) -> tuple[dict[str, R], dict[str, str]]:
+        """Redis first; the misses from PostgreSQL in one query; then fill under leases."""
+        found: dict[str, R] = {}
+        sources: dict[str, str] = {}
+        misses: list[str] = []
+        value_keys = [self._keys.value(self._kind, i) for i in ids]
+        raws = await self._cache.get_many(value_keys) if self._cache else [None] * len(ids)
+        for id_, raw in zip(ids, raws, strict=True):
+            entry = codec.decode_entry(self._type, raw)
+            if entry is codec.ABSENT:
+                sources[id_] = "absent"
+            elif isinstance(entry, self._type):
+                found[id_] = entry
+                sources[id_] = "redis"
+            else:
+                if entry is codec.CORRUPT:
+                    self._telemetry.corrupt.add(1, {"securecache.kind": str(self._kind)})
+                    log.warning("ignoring a corrupt cache entry for %s %s", self._kind, id_)
+                misses.append(id_)
+        attrs = {"securecache.kind": str(self._kind)}
+        self._telemetry.hits.add(len(ids) - len(misses), attrs)
+        if not misses:
+            return found, sources
+        self._telemetry.misses.add(len(misses), attrs)
+
+        # The lease is taken *before* reading PostgreSQL: whatever empties the key from now
+        # on (invalidate, write-through, flush, restart) also voids this fill.
+        token = secrets.token_hex(8)
+        leases = [self._keys.lease(self._kind, i) for i in misses]
+        granted = (
+            await self._cache.take_leases(leases, token, self._lease_ms)
+            if self._cache
+            else [False] * len(misses)
+        )
+        rows = await self._fetch(misses)
+        writes = []
+        for id_, lease_key, ok in zip(misses, leases, granted, strict=True):
+            record = rows.get(id_)
+            sources[id_] = "postgres" if record is not None else "absent"
+            if record is not None:
+                found[id_] = record
+            if ok:
+                writes.append(
+                    CacheWrite(
+                        key=self._keys.value(self._kind, id_),
+                        lease_key=lease_key,
+                        version=codec.entry_version(record),
+                        entry=codec.encode_entry(record),
+                        ttl_ms=self._ttl.ttl_ms(record is not None),
+                    )
+                )
+        if writes and self._cache:
+            outcomes = await self._cache.compare_and_set(writes, token)
+            self._count_writes(outcomes)
+        return found, sources
+
+    def _count_writes(self, outcomes: Sequence[int]) -> None:
+        attrs = {"securecache.kind": str(self._kind)}
+        stored = sum(1 for o in outcomes if o == STORED)
+        newer = sum(1 for o in outcomes if o == REFUSED_NEWER)
+        self._telemetry.fills.add(stored, attrs)
+        if len(outcomes) - stored:
+            self._telemetry.cas_rejections.add(newer, {**attrs, "securecache.reason": "newer"})
+            self._telemetry.cas_rejections.add(
+                len(outcomes) - stored - newer, {**attrs, "securecache.reason": "lease"}
+            )
+
+    async def write_through(self, records: Sequence[R]) -> list[int]:
+        """Store committed records in Redis, never over a newer version."""
+        if not self._cache or not records:
+            return []
+        writes = [
+            CacheWrite(
+                key=self._keys.value(self._kind, self._id(r)),
+                lease_key=self._keys.lease(self._kind, self._id(r)),
+                version=r.version,
+                entry=codec.encode_entry(r),
+                ttl_ms=self._ttl.ttl_ms(True),
+            )
+            for r in records
+        ]
+        outcomes = await self._cache.compare_and_set(writes)
+        self._count_writes(outcomes)
+        return outcomes
+
+    @staticmethod
+    def _id(record: Security | Score) -> str:
+        return record.id if isinstance(record, Security) else record.security_id
+
+    async def aclose(self) -> None:
+        """Wait for loads in flight (their callers are waiting on them anyway)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

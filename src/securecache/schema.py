@@ -1,0 +1,185 @@
+"""The database schema, its roles and privileges, applied by ``securecache migrate``.
+
+Run with an administrator's URL (a superuser, or a role with CREATEROLE that owns the
+database). Idempotent: every statement is guarded, and grants are reset to exactly the design's
+(revoked, then granted again) so a second run changes nothing, and a hand-made extra grant
+is taken back. A cluster-wide advisory lock makes concurrent migrators take turns.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import psycopg
+from psycopg import sql
+
+SCHEMA: Final = "securecache"
+OWNER_ROLE: Final = "securecache_owner"
+WRITER_ROLE: Final = "securecache_writer"
+READER_ROLE: Final = "securecache_reader"
+CHANNEL: Final = "securecache_changes"
+"""NOTIFY channel on which the triggers announce every change of a row."""
+_LOCK_KEY: Final = 0x5EC0CAC4E
+
+_ROLES: Final = f"""
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
+        CREATE ROLE {OWNER_ROLE} NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WRITER_ROLE}') THEN
+        CREATE ROLE {WRITER_ROLE} LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{READER_ROLE}') THEN
+        CREATE ROLE {READER_ROLE} LOGIN;
+    END IF;
+    IF NOT pg_has_role(current_user, '{OWNER_ROLE}', 'MEMBER') THEN
+        EXECUTE format('GRANT {OWNER_ROLE} TO %I', current_user);
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- another migrator created them first
+END
+$$;
+-- Safety nets on the service roles: readers cannot write even by mistake, and no query of
+-- either may hold a connection for long.
+ALTER ROLE {READER_ROLE} SET default_transaction_read_only = on;
+ALTER ROLE {READER_ROLE} SET statement_timeout = '5s';
+ALTER ROLE {WRITER_ROLE} SET statement_timeout = '5s';
+"""
+
+# Objects are created as the owner role, so that the admin who migrates owns nothing.
+_OBJECTS: Final = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA} AUTHORIZATION {OWNER_ROLE};
+SET ROLE {OWNER_ROLE};
+
+-- Ids use the "C" collation: byte order, the same on every server, so keyset pagination
+-- (ORDER BY id) is stable and served by the primary key's index.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.security (
+    id          text COLLATE "C" PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{{0,63}}$'),
+    name        text NOT NULL CHECK (length(btrim(name)) BETWEEN 1 AND 256),
+    symbol      text NOT NULL CHECK (length(btrim(symbol)) BETWEEN 1 AND 256),
+    exchange    text NOT NULL CHECK (length(btrim(exchange)) BETWEEN 1 AND 256),
+    version     bigint NOT NULL DEFAULT 1,
+    updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- NaN compares greater than every number in PostgreSQL, so "<= 10" also refuses NaN.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.score (
+    security_id text COLLATE "C" PRIMARY KEY REFERENCES {SCHEMA}.security (id) ON DELETE CASCADE,
+    growth      double precision NOT NULL CHECK (growth >= 0 AND growth <= 10),
+    value       double precision NOT NULL CHECK (value >= 0 AND value <= 10),
+    quality     double precision NOT NULL CHECK (quality >= 0 AND quality <= 10),
+    momentum    double precision NOT NULL CHECK (momentum >= 0 AND momentum <= 10),
+    version     bigint NOT NULL DEFAULT 1,
+    updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- For the change listener's catch-up after a reconnect ("what changed since T?").
+CREATE INDEX IF NOT EXISTS security_updated_at_idx ON {SCHEMA}.security (updated_at);
+CREATE INDEX IF NOT EXISTS score_updated_at_idx ON {SCHEMA}.score (updated_at);
+
+-- version starts at 1 and grows by exactly 1 on every real change of the row, whoever makes
+-- it; an UPDATE that changes no data keeps the version, so re-loading a file is a no-op.
+CREATE OR REPLACE FUNCTION {SCHEMA}.bump_version() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.version := 1;
+        NEW.updated_at := clock_timestamp();
+    ELSIF (to_jsonb(NEW) - 'version' - 'updated_at')
+          IS NOT DISTINCT FROM (to_jsonb(OLD) - 'version' - 'updated_at') THEN
+        NEW.version := OLD.version;
+        NEW.updated_at := OLD.updated_at;
+    ELSE
+        NEW.version := OLD.version + 1;
+        NEW.updated_at := clock_timestamp();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Every committed change is announced, so caches learn of writes made outside the library.
+CREATE OR REPLACE FUNCTION {SCHEMA}.notify_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    row_data jsonb := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END);
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.version = OLD.version THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('{CHANNEL}', json_build_object(
+        'table', TG_TABLE_NAME,
+        'id', coalesce(row_data ->> 'id', row_data ->> 'security_id'),
+        'version', CASE WHEN TG_OP = 'DELETE' THEN 0 ELSE (row_data ->> 'version')::bigint END,
+        'op', lower(TG_OP))::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER security_version BEFORE INSERT OR UPDATE ON {SCHEMA}.security
+    FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.bump_version();
+CREATE OR REPLACE TRIGGER score_version BEFORE INSERT OR UPDATE ON {SCHEMA}.score
+    FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.bump_version();
+CREATE OR REPLACE TRIGGER security_notify AFTER INSERT OR UPDATE OR DELETE ON {SCHEMA}.security
+    FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.notify_change();
+CREATE OR REPLACE TRIGGER score_notify AFTER INSERT OR UPDATE OR DELETE ON {SCHEMA}.score
+    FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.notify_change();
+
+RESET ROLE;
+"""
+
+# Grants are reset to exactly the design's on every run.
+_GRANTS: Final = f"""
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC, {WRITER_ROLE}, {READER_ROLE};
+REVOKE ALL ON ALL TABLES IN SCHEMA {SCHEMA} FROM PUBLIC, {WRITER_ROLE}, {READER_ROLE};
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA {SCHEMA} FROM PUBLIC, {WRITER_ROLE}, {READER_ROLE};
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {SCHEMA} FROM PUBLIC, {WRITER_ROLE}, {READER_ROLE};
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER_ROLE} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA {SCHEMA} TO {WRITER_ROLE}, {READER_ROLE};
+GRANT SELECT ON {SCHEMA}.security TO {WRITER_ROLE}, {READER_ROLE};
+GRANT SELECT ON {SCHEMA}.score TO {READER_ROLE};
+GRANT SELECT, INSERT, UPDATE ON {SCHEMA}.score TO {WRITER_ROLE};
+"""
+
+
+def _database_grants(dbname: str) -> sql.Composed:
+    db = sql.Identifier(dbname)
+    return sql.SQL(
+        "REVOKE ALL ON DATABASE {db} FROM PUBLIC, {writer}, {reader};"
+        "GRANT CONNECT ON DATABASE {db} TO {owner}, {writer}, {reader};"
+    ).format(
+        db=db,
+        owner=sql.Identifier(OWNER_ROLE),
+        writer=sql.Identifier(WRITER_ROLE),
+        reader=sql.Identifier(READER_ROLE),
+    )
+
+
+def migrate(
+    admin_url: str,
+    *,
+    writer_password: str | None = None,
+    reader_password: str | None = None,
+) -> None:
+    """Create or update the schema, roles and grants in the database of ``admin_url``.
+
+    Passwords, when given, are set on the service roles (otherwise left as they are:
+    trust or certificate authentication needs none).
+    """
+    with psycopg.connect(admin_url, autocommit=False) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(_ROLES)
+        conn.execute(_OBJECTS)
+        conn.execute(_GRANTS)
+        dbname = conn.execute("SELECT current_database()").fetchone()
+        assert dbname is not None
+        conn.execute(_database_grants(dbname[0]))
+        for role, password in ((WRITER_ROLE, writer_password), (READER_ROLE, reader_password)):
+            if password is not None:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(role), sql.Literal(password)
+                    )
+                )

@@ -1,0 +1,171 @@
+"""Typed settings, read from ``SECURECACHE_*`` environment variables.
+
+Every field has a variable of the same name in upper case with the ``SECURECACHE_`` prefix.
+Secrets may come from files instead (``SECURECACHE_DATABASE_URL_FILE`` and so on, as mounted
+from Kubernetes Secrets). A malformed value fails at start-up with the variable's name, never
+later in the middle of a request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from securecache.errors import ConfigurationError
+from securecache.keys import validate_prefix
+
+ENV_PREFIX: Final = "SECURECACHE_"
+_SECRET_FIELDS: Final = ("database_url", "redis_url", "api_tokens")
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced by ``***`` (for logs and reprs)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redacted(url: str | None) -> str:
+    return repr(redact_url(url))
+
+
+def _check_database_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and urlsplit(value).scheme not in {"postgresql", "postgres"}:
+        raise ConfigurationError(
+            f"{attribute.name} must be a postgresql:// URL", field=attribute.name
+        )
+
+
+def _check_redis_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigurationError(
+            f"{attribute.name} must be a redis://, rediss:// or unix:// URL", field=attribute.name
+        )
+
+
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(
+            f"{attribute.name} must be > 0, got {value!r}", field=attribute.name
+        )
+
+
+def _not_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigurationError(
+            f"{attribute.name} must be >= 0, got {value!r}", field=attribute.name
+        )
+
+
+def _fraction(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigurationError(
+            f"{attribute.name} must be in [0, 1), got {value!r}", field=attribute.name
+        )
+
+
+def _prefix(_: Any, __: attrs.Attribute[Any], value: str) -> None:
+    validate_prefix(value)
+
+
+@attrs.frozen
+class Settings:
+    """Everything securecache needs to know about its environment."""
+
+    database_url: str | None = attrs.field(
+        default=None, validator=_check_database_url, repr=_redacted
+    )
+    """PostgreSQL URL of the role this process should use (reader, writer or admin)."""
+    redis_url: str | None = attrs.field(default=None, validator=_check_redis_url, repr=_redacted)
+    """Redis URL; ``rediss://`` for TLS. None runs without a cache (reads go to PostgreSQL)."""
+    redis_cluster: bool = False
+    """Talk to a Redis Cluster (keys are hash-tagged per security id)."""
+    ttl_seconds: float = attrs.field(default=300.0, validator=_positive)
+    negative_ttl_seconds: float = attrs.field(default=30.0, validator=_positive)
+    """How long an id known to be absent is remembered."""
+    ttl_jitter: float = attrs.field(default=0.1, validator=_fraction)
+    """Fraction of the TTL added at random, so entries written together expire apart."""
+    key_prefix: str = attrs.field(default="sc", validator=_prefix)
+    listen_changes: bool = False
+    """Run the PostgreSQL NOTIFY listener (changes made outside the library)."""
+    local_cache_size: int = attrs.field(default=0, validator=_not_negative)
+    local_cache_ttl_seconds: float = attrs.field(default=1.0, validator=_positive)
+    db_pool_min_size: int = attrs.field(default=1, validator=_not_negative)
+    db_pool_max_size: int = attrs.field(default=10, validator=_positive)
+    db_timeout_seconds: float = attrs.field(default=5.0, validator=_positive)
+    """Longest wait for a PostgreSQL connection before UnavailableError."""
+    redis_timeout_seconds: float = attrs.field(default=0.25, validator=_positive)
+    """Socket timeout for Redis: short, because PostgreSQL can always answer instead."""
+    redis_max_connections: int = attrs.field(default=50, validator=_positive)
+    breaker_failures: int = attrs.field(default=5, validator=_positive)
+    """Consecutive Redis failures that open the circuit breaker."""
+    breaker_reset_seconds: float = attrs.field(default=2.0, validator=_positive)
+    """How long the breaker stays open before one call probes Redis again."""
+    lease_ms: int = attrs.field(default=5000, validator=_positive)
+    """How long a fill lease lasts (an upper bound on one PostgreSQL read)."""
+    api_tokens: tuple[str, ...] = attrs.field(default=(), repr=False, converter=tuple)
+    """Bearer tokens accepted by the internal API."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            raw = _lookup(env, field.name)
+            if raw is not None:
+                values[field.name] = _parse(field, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (validated again)."""
+        return attrs.evolve(self, **changes)
+
+
+def _lookup(env: Mapping[str, str], name: str) -> str | None:
+    var = ENV_PREFIX + name.upper()
+    value = env.get(var)
+    if name in _SECRET_FIELDS and not value:
+        path = env.get(var + "_FILE")
+        if path:
+            try:
+                return Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"{var}_FILE: cannot read {path}: {exc.strerror}", field=name
+                ) from exc
+    return value if value else None
+
+
+def _parse(field: attrs.Attribute[Any], raw: str) -> Any:
+    var = ENV_PREFIX + field.name.upper()
+    kind = field.type
+    try:
+        if kind in ("bool", bool):
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+        if field.name == "api_tokens":
+            return tuple(t.strip() for t in raw.replace("\n", ",").split(",") if t.strip())
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{var}: cannot parse {raw!r} as {kind}", field=field.name
+        ) from exc
+    return raw

@@ -1,0 +1,224 @@
+"""PostgreSQL, the source of truth: the only module with SQL.
+
+Every statement is parameterised. Connections come from a psycopg-pool pool; a connection
+that cannot be had in ``db_timeout_seconds`` or a server that stops answering becomes
+:class:`~securecache.errors.UnavailableError`, so callers see one typed failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import attrs
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from securecache.errors import ConflictError, NotFoundError, UnavailableError, ValidationError
+from securecache.models import Score, ScoreUpdate, Security
+from securecache.telemetry import Telemetry
+
+_SECURITY_COLUMNS: Final = "id, name, symbol, exchange, version, updated_at"
+_SCORE_COLUMNS: Final = "security_id, growth, value, quality, momentum, version, updated_at"
+
+_SELECT_SECURITIES: Final = (
+    f"SELECT {_SECURITY_COLUMNS} FROM securecache.security WHERE id = ANY(%s)"  # noqa: S608
+)
+_SELECT_SCORES: Final = (
+    f"SELECT {_SCORE_COLUMNS} FROM securecache.score WHERE security_id = ANY(%s)"  # noqa: S608
+)
+_LIST_SECURITIES: Final = (
+    f"SELECT {_SECURITY_COLUMNS} FROM securecache.security"  # noqa: S608
+    " WHERE %(after)s::text IS NULL OR id > %(after)s ORDER BY id LIMIT %(limit)s"
+)
+# (xmax = 0) is true only for a freshly inserted row: it tells created from updated.
+_UPSERT_SCORE: Final = f"""
+INSERT INTO securecache.score AS s (security_id, growth, value, quality, momentum)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (security_id) DO UPDATE
+SET growth = EXCLUDED.growth, value = EXCLUDED.value,
+    quality = EXCLUDED.quality, momentum = EXCLUDED.momentum
+RETURNING {_SCORE_COLUMNS}, (xmax = 0) AS created
+"""  # noqa: S608
+_UPDATE_SCORE_IF_VERSION: Final = f"""
+UPDATE securecache.score
+SET growth = %s, value = %s, quality = %s, momentum = %s
+WHERE security_id = %s AND version = %s
+RETURNING {_SCORE_COLUMNS}, false AS created
+"""  # noqa: S608
+_CURRENT_SCORE_VERSION: Final = """
+SELECT s.id, sc.version
+FROM securecache.security s LEFT JOIN securecache.score sc ON sc.security_id = s.id
+WHERE s.id = %s
+"""
+
+
+@attrs.frozen
+class ScoreWrite:
+    """A committed score write: the row as stored, and whether it was created."""
+
+    score: Score
+    created: bool
+
+
+def _security(row: Sequence[Any]) -> Security:
+    return Security(
+        id=row[0], name=row[1], symbol=row[2], exchange=row[3], version=row[4], updated_at=row[5]
+    )
+
+
+def _score(row: Sequence[Any]) -> Score:
+    return Score(
+        security_id=row[0],
+        growth=row[1],
+        value=row[2],
+        quality=row[3],
+        momentum=row[4],
+        version=row[5],
+        updated_at=row[6],
+    )
+
+
+class Store:
+    """Reads and writes the ``securecache`` schema through a connection pool."""
+
+    def __init__(self, pool: AsyncConnectionPool, telemetry: Telemetry) -> None:
+        self._pool = pool
+        self._telemetry = telemetry
+
+    @classmethod
+    def create(
+        cls, url: str, telemetry: Telemetry, *, min_size: int, max_size: int, timeout: float
+    ) -> Store:
+        """A store whose pool connects in the background (see :meth:`open`)."""
+        pool = AsyncConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max(max_size, min_size, 1),
+            timeout=timeout,
+            open=False,
+            # Autocommit: each read is one statement; writes open explicit transactions.
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
+            name="securecache",
+        )
+        return cls(pool, telemetry)
+
+    async def open(self) -> None:
+        """Start the pool without waiting: cached reads work while PostgreSQL is away."""
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def _connection(
+        self, operation: str, table: str
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        with self._telemetry.client_span(
+            f"{operation} securecache.{table}", "postgresql", operation
+        ) as span:
+            span.set_attribute("db.collection.name", f"securecache.{table}")
+            self._telemetry.db_queries.add(1, {"db.operation.name": operation})
+            try:
+                async with self._pool.connection() as conn:
+                    yield conn
+            except PoolTimeout as exc:
+                raise UnavailableError("PostgreSQL: no connection available in time") from exc
+            except (psycopg.OperationalError, pg_errors.QueryCanceled) as exc:
+                raise UnavailableError(f"PostgreSQL unavailable: {type(exc).__name__}") from exc
+
+    async def ping(self) -> None:
+        """Raise UnavailableError unless PostgreSQL answers a trivial query."""
+        async with self._connection("SELECT", "ping") as conn:
+            await conn.execute("SELECT 1")
+
+    async def securities(self, ids: Sequence[str]) -> dict[str, Security]:
+        """The securities among ``ids`` that exist: one query."""
+        async with self._connection("SELECT", "security") as conn:
+            cur = await conn.execute(_SELECT_SECURITIES, (list(ids),))
+            return {row[0]: _security(row) for row in await cur.fetchall()}
+
+    async def scores(self, ids: Sequence[str]) -> dict[str, Score]:
+        """The scores of ``ids`` that exist: one query."""
+        async with self._connection("SELECT", "score") as conn:
+            cur = await conn.execute(_SELECT_SCORES, (list(ids),))
+            return {row[0]: _score(row) for row in await cur.fetchall()}
+
+    async def list_securities(self, limit: int, after: str | None) -> list[Security]:
+        """Up to ``limit`` securities with ids after ``after``, in id (byte) order."""
+        async with self._connection("SELECT", "security") as conn:
+            cur = await conn.execute(_LIST_SECURITIES, {"after": after, "limit": limit})
+            return [_security(row) for row in await cur.fetchall()]
+
+    async def upsert_score(
+        self, security_id: str, update: ScoreUpdate, if_version: int | None = None
+    ) -> ScoreWrite:
+        """Insert or update one score and commit; the returned row is what was committed."""
+        writes = await self.upsert_scores({security_id: update}, {security_id: if_version})
+        return writes[security_id]
+
+    async def upsert_scores(
+        self,
+        updates: Mapping[str, ScoreUpdate],
+        if_versions: Mapping[str, int | None] | None = None,
+    ) -> dict[str, ScoreWrite]:
+        """Write many scores in one transaction: all are committed, or none."""
+        if_versions = if_versions or {}
+        results: dict[str, ScoreWrite] = {}
+        async with self._connection("UPSERT", "score") as conn:
+            try:
+                async with conn.transaction():
+                    for security_id, update in updates.items():
+                        results[security_id] = await self._write_one(
+                            conn, security_id, update, if_versions.get(security_id)
+                        )
+            except pg_errors.ForeignKeyViolation as exc:
+                missing = await self._first_unknown(conn, list(updates))
+                raise NotFoundError(
+                    f"unknown security {missing!r}", security_id=missing or "?"
+                ) from exc
+            except pg_errors.CheckViolation as exc:
+                raise ValidationError(
+                    f"rejected by the database: {exc.diag.message_primary}"
+                ) from exc
+        return results
+
+    async def _write_one(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        security_id: str,
+        update: ScoreUpdate,
+        if_version: int | None,
+    ) -> ScoreWrite:
+        values = (update.growth, update.value, update.quality, update.momentum)
+        if if_version is None:
+            cur = await conn.execute(_UPSERT_SCORE, (security_id, *values))
+        else:
+            cur = await conn.execute(_UPDATE_SCORE_IF_VERSION, (*values, security_id, if_version))
+        row = await cur.fetchone()
+        if row is None:
+            # Only a conditional update can match nothing: find out why.
+            assert if_version is not None
+            current = await (await conn.execute(_CURRENT_SCORE_VERSION, (security_id,))).fetchone()
+            if current is None:
+                raise NotFoundError(f"unknown security {security_id!r}", security_id=security_id)
+            actual = current[1]
+            raise ConflictError(
+                f"score of {security_id!r} is at version {actual}, not {if_version}",
+                expected=if_version,
+                actual=actual,
+            )
+        return ScoreWrite(score=_score(row), created=bool(row[7]))
+
+    async def _first_unknown(
+        self, conn: psycopg.AsyncConnection[Any], ids: list[str]
+    ) -> str | None:
+        cur = await conn.execute(
+            "SELECT i FROM unnest(%s::text[]) AS i"
+            " WHERE NOT EXISTS (SELECT 1 FROM securecache.security s WHERE s.id = i) LIMIT 1",
+            (ids,),
+        )
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])

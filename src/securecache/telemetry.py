@@ -1,0 +1,77 @@
+"""Tracing and metrics through the OpenTelemetry API only.
+
+The library never installs an SDK: until the application does (the servers do), every span
+and counter here is a no-op costing a few attribute look-ups. Applications may pass their own
+providers, which tests use to capture spans in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from securecache._version import __version__
+
+INSTRUMENTATION: Final = "securecache"
+SOURCE: Final = "securecache.source"
+"""Span attribute: where a single get's value came from (redis, postgres or absent)."""
+
+
+class Telemetry:
+    """The tracer and the counters of one SecureCache instance."""
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.tracer = trace.get_tracer(INSTRUMENTATION, __version__, tracer_provider)
+        meter = metrics.get_meter(INSTRUMENTATION, __version__, meter_provider)
+        self.hits = meter.create_counter(
+            "securecache.cache.hits", unit="{entry}", description="Values served from Redis"
+        )
+        self.misses = meter.create_counter(
+            "securecache.cache.misses", unit="{entry}", description="Values not found in Redis"
+        )
+        self.fills = meter.create_counter(
+            "securecache.cache.fills", unit="{entry}", description="Values written to Redis"
+        )
+        self.cas_rejections = meter.create_counter(
+            "securecache.cache.cas_rejections",
+            unit="{entry}",
+            description="Cache writes refused because a newer version or no lease was there",
+        )
+        self.corrupt = meter.create_counter(
+            "securecache.cache.corrupt", unit="{entry}", description="Untrusted entries ignored"
+        )
+        self.redis_errors = meter.create_counter(
+            "securecache.redis.errors", unit="{error}", description="Failed Redis round trips"
+        )
+        self.db_queries = meter.create_counter(
+            "securecache.db.queries", unit="{query}", description="PostgreSQL statements run"
+        )
+
+    @contextmanager
+    def client_span(self, name: str, system: str, operation: str) -> Iterator[trace.Span]:
+        """A child span for one round trip to Redis or PostgreSQL."""
+        with self.tracer.start_as_current_span(
+            name,
+            kind=SpanKind.CLIENT,
+            attributes={"db.system.name": system, "db.operation.name": operation},
+            record_exception=True,
+        ) as span:
+            yield span
+
+    @contextmanager
+    def call_span(self, name: str) -> Iterator[trace.Span]:
+        """The span of one public library call."""
+        with self.tracer.start_as_current_span(name, record_exception=True) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
