@@ -52,6 +52,22 @@ return 1
 """
 CAS_SHA: Final = hashlib.sha1(CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
+# KEYS[1] value key, KEYS[2] lease key; ARGV[1] the version PostgreSQL now holds.
+# Drops the entry (and voids fills in flight) unless it already holds that version or newer.
+INVALIDATE_OLDER_SCRIPT: Final = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local v = tonumber(string.match(current, '^(%d+)|'))
+  if v and v >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+INVALIDATE_OLDER_SHA: Final = hashlib.sha1(
+    INVALIDATE_OLDER_SCRIPT.encode(), usedforsecurity=False
+).hexdigest()
+_SCRIPTS: Final = {CAS_SHA: CAS_SCRIPT, INVALIDATE_OLDER_SHA: INVALIDATE_OLDER_SCRIPT}
+
 STORED: Final = 1
 REFUSED_NEWER: Final = 0
 REFUSED_LEASE: Final = -1
@@ -193,11 +209,15 @@ class RedisCache:
             return []
 
         async def run() -> list[int]:
-            try:
-                return await self._run_cas(writes, token)
-            except NoScriptError:
-                await self._client.script_load(CAS_SCRIPT)
-                return await self._run_cas(writes, token)
+            return await self._with_script(
+                CAS_SHA,
+                lambda pipe: [
+                    pipe.evalsha(
+                        CAS_SHA, 2, w.key, w.lease_key, w.version, w.entry, w.ttl_ms, token
+                    )
+                    for w in writes
+                ],
+            )
 
         no_answer: list[int] = []
         results = await self._call("EVALSHA", run, no_answer)
@@ -207,15 +227,44 @@ class RedisCache:
             return [REFUSED_LEASE] * len(writes)
         return results
 
-    async def _run_cas(self, writes: Sequence[CacheWrite], token: str) -> list[int]:
-        pipe = self._client.pipeline(transaction=False)
-        for w in writes:
-            pipe.evalsha(CAS_SHA, 2, w.key, w.lease_key, w.version, w.entry, w.ttl_ms, token)
-        results = await pipe.execute(raise_on_error=False)
-        for r in results:
-            if isinstance(r, Exception):  # NoScriptError included: the caller loads it
-                raise r
-        return [int(r) for r in results]
+    async def invalidate_older(self, targets: Sequence[tuple[str, str, int]]) -> list[int]:
+        """For each (key, lease key, version): drop the entry unless it holds that version.
+
+        Used for changes announced by PostgreSQL; keys that cannot be reached are
+        remembered and deleted once Redis answers.
+        """
+        if not targets:
+            return []
+
+        async def run() -> list[int]:
+            return await self._with_script(
+                INVALIDATE_OLDER_SHA,
+                lambda pipe: [
+                    pipe.evalsha(INVALIDATE_OLDER_SHA, 2, key, lease, version)
+                    for key, lease, version in targets
+                ],
+            )
+
+        no_answer: list[int] = []
+        results = await self._call("EVALSHA", run, no_answer)
+        if not results:
+            self._dirty.update(k for key, lease, _ in targets for k in (key, lease))
+        return results
+
+    async def _with_script(self, sha: str, queue: Callable[[Any], object]) -> list[int]:
+        """Run a pipeline of EVALSHA calls, loading the script once if Redis lost it."""
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            queue(pipe)
+            results = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                await self._client.script_load(_SCRIPTS[sha])
+                continue
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return [int(r) for r in results]
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def delete(self, keys: Sequence[str]) -> bool:
         """Delete keys (values and leases); remembered for later if Redis does not answer."""

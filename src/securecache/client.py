@@ -14,6 +14,7 @@ from opentelemetry import metrics, trace
 from securecache.cache import CircuitBreaker, RedisCache, connect
 from securecache.errors import ConfigurationError, SecureCacheError, ValidationError
 from securecache.keys import KeyScheme, Kind
+from securecache.listener import ChangeListener
 from securecache.models import Page, Score, ScoreUpdate, Security, validate_id, validate_ids
 from securecache.readthrough import ReadThrough, TTLPolicy
 from securecache.settings import Settings
@@ -193,12 +194,19 @@ class SecureCache:
         self._reads = (security_reads, score_reads)
         self.securities = Securities(security_reads, self._store, self._telemetry)
         self.scores = Scores(score_reads, self._store, self._telemetry)
+        self._listener = (
+            ChangeListener(s.database_url, self._cache, self._keys)
+            if s.listen_changes and self._cache is not None
+            else None
+        )
         self._opened = False
 
     async def open(self) -> Self:
         """Start the pools (PostgreSQL connects in the background)."""
         if not self._opened:
             await self._store.open()
+            if self._listener is not None:
+                self._listener.start()
             self._opened = True
         return self
 
@@ -207,6 +215,8 @@ class SecureCache:
         if not self._opened:
             return
         self._opened = False
+        if self._listener is not None:
+            await self._listener.stop()
         for reads in self._reads:
             await reads.aclose()
         if self._cache is not None:

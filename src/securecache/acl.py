@@ -1,0 +1,42 @@
+"""Redis ACL rules for the services: confined to the key prefix and the library's commands.
+
+Every command the library sends is listed here, so a user set up with :func:`setuser_rules`
+can do exactly what securecache needs and nothing else: no other keys, no pub/sub channels,
+no FLUSHALL, CONFIG, KEYS or EVAL of ad-hoc scripts (the compare-and-set script is loaded
+with SCRIPT LOAD and run with EVALSHA; its own GET/SET/DEL are checked against the same
+rules). I/O-free.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from securecache.keys import KeyScheme
+
+LIBRARY_COMMANDS: Final = ("get", "mget", "set", "del", "evalsha", "script|load", "ping")
+"""Every Redis command securecache sends (redis-py's HELLO/AUTH need no grant)."""
+CLUSTER_COMMANDS: Final = ("cluster|slots", "cluster|shards", "cluster|nodes", "readonly")
+"""The extra commands redis-py's cluster client uses to learn the topology."""
+
+
+def setuser_rules(password: str, key_prefix: str = "sc", *, cluster: bool = False) -> list[str]:
+    """Arguments after ``ACL SETUSER <name>``: reset, then grant only what is needed."""
+    if not password:
+        raise ValueError("an ACL user needs a password")
+    commands = LIBRARY_COMMANDS + (CLUSTER_COMMANDS if cluster else ())
+    return [
+        "reset",
+        "on",
+        f">{password}",
+        f"~{KeyScheme(key_prefix).pattern}",
+        "resetchannels",
+        "-@all",
+        *(f"+{command}" for command in commands),
+    ]
+
+
+def acl_file_line(
+    user: str, password: str, key_prefix: str = "sc", *, cluster: bool = False
+) -> str:
+    """The same rules as one line of a Redis ``aclfile`` (for deployments)."""
+    return " ".join(["user", user, *setuser_rules(password, key_prefix, cluster=cluster)])
