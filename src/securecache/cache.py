@@ -1,10 +1,13 @@
 """Redis, the shared cache: the only module with Redis commands and Lua.
 
 Every write goes through one compare-and-set script (:data:`CAS_SCRIPT`): a value is stored
-only if nothing newer is there, and a read-through fill only while its lease stands. The
-lease closes the race a version check alone cannot: an invalidation, a flush or a Redis
-restart empties the key while an older fill is in flight; all of them also remove the lease,
-so that fill is refused.
+only while the writer's lease stands and nothing newer is there. The lease closes the races a
+version check alone cannot: an invalidation, a flush or a Redis restart empties the key while
+an older fill or a delayed write-through is in flight; all of them also remove the lease, so
+that write is refused. Readers take a lease only if none is held (``SET NX``) before they read
+PostgreSQL; writers take it over (plain ``SET``) before they commit, which voids every fill
+in flight. A writer that finds its lease gone cannot know whether its version is still the
+newest, so it deletes the entry instead of storing it: the next read fills from PostgreSQL.
 
 Redis is an optimisation, never a dependency: every failure is caught here, counted, and
 reported as "no answer" (a miss, a refused lease, a write not done). A circuit breaker stops
@@ -15,6 +18,7 @@ deleted as soon as Redis answers again, so no stale value survives an outage.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,16 +38,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # KEYS[1] value key, KEYS[2] lease key (same hash slot).
-# ARGV[1] version, ARGV[2] entry, ARGV[3] TTL in ms, ARGV[4] lease token ("" = write-through).
+# ARGV[1] version, ARGV[2] entry, ARGV[3] TTL in ms, ARGV[4] lease token,
+# ARGV[5] "1" for a write-through (drop the entry when the lease is lost),
+# ARGV[6] a corrupt entry the reader saw, which may be replaced whatever version it claims.
 # Returns 1 stored, 0 refused (a newer version is there), -1 refused (lease lost).
 CAS_SCRIPT: Final = """
-local token = ARGV[4]
-if token ~= '' then
-  if redis.call('GET', KEYS[2]) ~= token then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then
+  if ARGV[5] == '1' then redis.call('DEL', KEYS[1], KEYS[2]) end
+  return -1
 end
 redis.call('DEL', KEYS[2])
 local current = redis.call('GET', KEYS[1])
-if current then
+if current and current ~= ARGV[6] then
   local v = tonumber(string.match(current, '^(%d+)|'))
   if v and v > tonumber(ARGV[1]) then return 0 end
 end
@@ -84,6 +90,8 @@ class CacheWrite:
     version: int
     entry: bytes
     ttl_ms: int
+    replaces: bytes = b""
+    """A corrupt entry seen by the reader: replaced even if it claims a higher version."""
 
 
 class CircuitBreaker:
@@ -115,6 +123,14 @@ class CircuitBreaker:
             self._open_until = time.monotonic() + self._reset
 
 
+# redis-py 7 moved lib_name/lib_version into driver_info and warns about the old names.
+_NO_CLIENT_SETINFO: Final[dict[str, None]] = (
+    {"driver_info": None}
+    if importlib.util.find_spec("redis.driver_info") is not None
+    else {"lib_name": None, "lib_version": None}
+)
+
+
 def connect(url: str, *, cluster: bool, timeout: float, max_connections: int) -> RedisClient:
     """A redis-py asyncio client tuned to fail fast: PostgreSQL can always answer instead."""
     common: dict[str, Any] = {
@@ -125,8 +141,7 @@ def connect(url: str, *, cluster: bool, timeout: float, max_connections: int) ->
         "retry": Retry(NoBackoff(), 1),
         "max_connections": max_connections,
         # No CLIENT SETINFO on connect: one command fewer for the ACL to allow.
-        "lib_name": None,
-        "lib_version": None,
+        **_NO_CLIENT_SETINFO,
     }
     if cluster:
         return RedisCluster.from_url(url, **common)
@@ -157,6 +172,10 @@ class RedisCache:
             return fallback
         with self._telemetry.client_span(operation, "redis", operation) as span:
             try:
+                # Deletions owed from an outage go first: nothing is read from or written
+                # to Redis while an entry that may be stale is still there.
+                if self._dirty:
+                    await self._replay_invalidations()
                 result = await fn()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._breaker.failure()
@@ -164,8 +183,7 @@ class RedisCache:
                 span.set_attribute("error.type", type(exc).__name__)
                 log.warning("redis %s failed (%s); serving from PostgreSQL", operation, exc)
                 return fallback
-        if self._breaker.success() or self._dirty:
-            await self._replay_invalidations()
+        self._breaker.success()
         return result
 
     async def ping(self) -> bool:
@@ -186,24 +204,39 @@ class RedisCache:
 
         return await self._call("MGET", run, [None] * len(keys))
 
-    async def take_leases(self, lease_keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
-        """Try to take a fill lease on each key (SET NX PX); False where another holds it."""
+    async def take_leases(
+        self, lease_keys: Sequence[str], token: str, ttl_ms: int, *, take_over: bool = False
+    ) -> list[bool]:
+        """Take a lease on each key: readers only where none is held (SET NX), writers always.
+
+        False where another holds it or Redis did not answer.
+        """
 
         async def run() -> list[bool]:
             pipe = self._client.pipeline(transaction=False)
             for key in lease_keys:
-                pipe.set(key, token, nx=True, px=ttl_ms)
+                pipe.set(key, token, nx=not take_over, px=ttl_ms)
             return [bool(r) for r in await pipe.execute()]
 
-        return await self._call("SET NX", run, [False] * len(lease_keys))
+        operation = "SET" if take_over else "SET NX"
+        return await self._call(operation, run, [False] * len(lease_keys))
 
-    async def compare_and_set(self, writes: Sequence[CacheWrite], token: str = "") -> list[int]:
+    async def release_leases(self, lease_keys: Sequence[str]) -> None:
+        """Give leases back after a failed write, so fills need not wait for them to expire."""
+
+        async def run() -> None:
+            await self._client.delete(*lease_keys)
+
+        await self._call("DEL", run, None)
+
+    async def compare_and_set(
+        self, writes: Sequence[CacheWrite], token: str, *, write_through: bool = False
+    ) -> list[int]:
         """Run the CAS script for each write in one pipeline; results as in CAS_SCRIPT.
 
-        With ``token`` (a read-through fill) a write is refused unless its lease stands;
-        without (a write-through) it also revokes any lease, so no in-flight fill can land
-        after it. Writes that could not reach Redis come back refused and, for
-        write-throughs, are remembered for invalidation.
+        A write is stored only while the lease ``token`` stands; a write-through that lost
+        its lease deletes the entry instead. Write-throughs that could not reach Redis come
+        back refused and are remembered, to be deleted once Redis answers.
         """
         if not writes:
             return []
@@ -213,7 +246,16 @@ class RedisCache:
                 CAS_SHA,
                 lambda pipe: [
                     pipe.evalsha(
-                        CAS_SHA, 2, w.key, w.lease_key, w.version, w.entry, w.ttl_ms, token
+                        CAS_SHA,
+                        2,
+                        w.key,
+                        w.lease_key,
+                        w.version,
+                        w.entry,
+                        w.ttl_ms,
+                        token,
+                        "1" if write_through else "0",
+                        w.replaces,
                     )
                     for w in writes
                 ],
@@ -222,7 +264,7 @@ class RedisCache:
         no_answer: list[int] = []
         results = await self._call("EVALSHA", run, no_answer)
         if not results:
-            if not token:
+            if write_through:
                 self._dirty.update(k for w in writes for k in (w.key, w.lease_key))
             return [REFUSED_LEASE] * len(writes)
         return results
@@ -279,19 +321,13 @@ class RedisCache:
         return done
 
     async def _replay_invalidations(self) -> None:
-        """Delete the keys whose updates were lost while Redis was away."""
+        """Delete the keys whose updates were lost while Redis was away (raises if it fails)."""
         pending = list(self._dirty)
-        if not pending:
-            return
-        try:
-            # Cluster: one DEL per key, since they span slots; a plain Redis takes them all.
-            if isinstance(self._client, RedisCluster):
-                for key in pending:
-                    await self._client.delete(key)
-            else:
-                await self._client.delete(*pending)
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("redis: replaying %d invalidations failed (%s)", len(pending), exc)
-            return
+        # Cluster: one DEL per key, since they span slots; a plain Redis takes them all.
+        if isinstance(self._client, RedisCluster):
+            for key in pending:
+                await self._client.delete(key)
+        else:
+            await self._client.delete(*pending)
         self._dirty.difference_update(pending)
         log.info("redis: replayed %d invalidations after an outage", len(pending))

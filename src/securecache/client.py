@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
@@ -53,7 +54,7 @@ class Securities:
 
     async def get_many(self, security_ids: Iterable[str]) -> dict[str, Security]:
         """The securities among ``security_ids`` that exist."""
-        return await self._reads.get_many(validate_ids(list(security_ids)))
+        return await self._reads.get_many(validate_ids(security_ids))
 
     async def list(self, limit: int = 50, after: str | None = None) -> Page[Security]:
         """One page in id order; pass ``page.next_cursor`` as ``after`` for the next one."""
@@ -81,7 +82,7 @@ class Scores:
 
     async def get_many(self, security_ids: Iterable[str]) -> dict[str, Score]:
         """The scores among ``security_ids`` that exist."""
-        return await self._reads.get_many(validate_ids(list(security_ids)))
+        return await self._reads.get_many(validate_ids(security_ids))
 
     async def put(
         self, security_id: str, update: ScoreUpdate, *, if_version: int | None = None
@@ -97,6 +98,7 @@ class Scores:
         ``if_version`` makes the write conditional on the current version (ConflictError
         otherwise). A security that does not exist is a NotFoundError; nothing is written.
         """
+        validate_id(security_id)
         writes = await self.upsert_many(
             {security_id: update}, if_versions={security_id: if_version}
         )
@@ -109,6 +111,8 @@ class Scores:
         if_versions: Mapping[str, int | None] | None = None,
     ) -> dict[str, ScoreWrite]:
         """Write many scores in one transaction (all or none), then cache them in one pipeline."""
+        if not isinstance(updates, Mapping):
+            raise ValidationError("updates must map security ids to ScoreUpdate values")
         validate_ids(list(updates))
         if not 1 <= len(updates) <= MAX_WRITE_BATCH:
             raise ValidationError(f"a batch holds 1 to {MAX_WRITE_BATCH} scores", field="items")
@@ -122,8 +126,15 @@ class Scores:
                 raise ValidationError("if_version must be an integer >= 1", field="if_version")
         with self._telemetry.call_span("securecache scores.put") as span:
             span.set_attribute("securecache.ids", len(updates))
-            writes = await self._store.upsert_scores(updates, if_versions)
-            await self._reads.write_through([w.score for w in writes.values()])
+            ids = list(updates)
+            token = secrets.token_hex(8)
+            await self._reads.reserve(ids, token)
+            try:
+                writes = await self._store.upsert_scores(updates, if_versions)
+            except BaseException:
+                await self._reads.release(ids)
+                raise
+            await self._reads.write_through([w.score for w in writes.values()], token)
             return writes
 
 
@@ -239,6 +250,8 @@ class SecureCache:
         validate_id(security_id)
         if self._cache is None:
             return
+        for reads in self._reads:
+            reads.forget([security_id])
         with self._telemetry.call_span("securecache invalidate"):
             await self._cache.delete(
                 [

@@ -55,10 +55,35 @@ def _parse_timestamp(value: Any, _type: Any) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def _strict_str(value: Any, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _type: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_float(value: Any, _type: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
 converter = make_converter(forbid_extra_keys=True, detailed_validation=False)
-"""The one converter of the wire format (JSON over HTTP and in Redis)."""
+"""The one converter of the wire format (JSON over HTTP and in Redis).
+
+Structuring is strict: no coercion of ``"5"`` to 5.0, of 123 to ``"123"`` or of ``true``
+to 1, because a value of the wrong type means the entry is not ours.
+"""
 converter.register_unstructure_hook(datetime, format_timestamp)
 converter.register_structure_hook(datetime, _parse_timestamp)
+converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(int, _strict_int)
+converter.register_structure_hook(float, _strict_float)
 
 
 def to_dict(record: Record) -> dict[str, Any]:

@@ -8,6 +8,7 @@ application can catch the library's failures with one ``except`` and let bugs th
      │    └── ConfigurationError                    a setting is missing or malformed
      ├── NotFoundError          (also LookupError)  a score written for an unknown security
      ├── ConflictError                              ``if_version`` did not match the row
+     ├── PermissionDeniedError  (also PermissionError) the database role may not do this
      └── UnavailableError                           PostgreSQL could not be reached in time
 """
 
@@ -45,6 +46,10 @@ class ConflictError(SecureCacheError):
         super().__init__(message)
         self.expected = expected
         self.actual = actual
+
+
+class PermissionDeniedError(SecureCacheError, PermissionError):
+    """The database role this process uses may not do what was asked (a reader writing)."""
 
 
 class UnavailableError(SecureCacheError):

@@ -29,7 +29,8 @@ def validate_prefix(prefix: str) -> str:
     """Prefixes are short plain words, so keys stay inside ACL patterns like ``sc:*``."""
     if PREFIX_PATTERN.fullmatch(prefix) is None:
         raise ConfigurationError(
-            f"key prefix must be 1-32 characters of [A-Za-z0-9_.-], got {prefix!r}"
+            f"key prefix must be 1-32 characters of [A-Za-z0-9_.-], got {prefix!r}",
+            field="key_prefix",
         )
     return prefix
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
@@ -37,10 +37,12 @@ def validate_id(value: object, field: str = "id") -> str:
     return value
 
 
-def validate_ids(values: Sequence[object], field: str = "ids") -> list[str]:
+def validate_ids(values: object, field: str = "ids") -> list[str]:
     """Validate every id of a batch; the error names the first bad one."""
-    if isinstance(values, str):
-        raise ValidationError(f"{field} must be a sequence of ids, not a string", field=field)
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValidationError(
+            f"{field} must be an iterable of ids, not {type(values).__name__}", field=field
+        )
     return [validate_id(v, field) for v in values]
 
 

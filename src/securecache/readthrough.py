@@ -139,6 +139,7 @@ class ReadThrough(Generic[R]):
         found: dict[str, R] = {}
         sources: dict[str, str] = {}
         misses: list[str] = []
+        corrupt: dict[str, bytes] = {}
         value_keys = [self._keys.value(self._kind, i) for i in ids]
         raws = await self._cache.get_many(value_keys) if self._cache else [None] * len(ids)
         for id_, raw in zip(ids, raws, strict=True):
@@ -149,7 +150,8 @@ class ReadThrough(Generic[R]):
                 found[id_] = entry
                 sources[id_] = "redis"
             else:
-                if entry is codec.CORRUPT:
+                if entry is codec.CORRUPT and raw is not None:
+                    corrupt[id_] = raw
                     self._telemetry.corrupt.add(1, {"securecache.kind": str(self._kind)})
                     log.warning("ignoring a corrupt cache entry for %s %s", self._kind, id_)
                 misses.append(id_)
@@ -183,6 +185,7 @@ class ReadThrough(Generic[R]):
                         version=codec.entry_version(record),
                         entry=codec.encode_entry(record),
                         ttl_ms=self._ttl.ttl_ms(record is not None),
+                        replaces=corrupt.get(id_, b""),
                     )
                 )
         if writes and self._cache:
@@ -201,8 +204,27 @@ class ReadThrough(Generic[R]):
                 len(outcomes) - stored - newer, {**attrs, "securecache.reason": "lease"}
             )
 
-    async def write_through(self, records: Sequence[R]) -> list[int]:
-        """Store committed records in Redis, never over a newer version."""
+    async def reserve(self, ids: Sequence[str], token: str) -> None:
+        """Before a write commits: take the leases over, voiding every fill in flight.
+
+        Loads in flight in this process started before the write: later gets must not
+        join them, or they would return what the write replaces.
+        """
+        for id_ in ids:
+            self._inflight.pop(id_, None)
+        if self._cache is not None:
+            leases = [self._keys.lease(self._kind, i) for i in ids]
+            await self._cache.take_leases(leases, token, self._lease_ms, take_over=True)
+
+    async def release(self, ids: Sequence[str]) -> None:
+        """After a write failed: give the leases back (the cached values are still right)."""
+        if self._cache is not None:
+            await self._cache.release_leases([self._keys.lease(self._kind, i) for i in ids])
+
+    async def write_through(self, records: Sequence[R], token: str) -> list[int]:
+        """Store committed records under the leases taken by :meth:`reserve`."""
+        for record in records:
+            self._inflight.pop(self._id(record), None)
         if not self._cache or not records:
             return []
         writes = [
@@ -215,9 +237,14 @@ class ReadThrough(Generic[R]):
             )
             for r in records
         ]
-        outcomes = await self._cache.compare_and_set(writes)
+        outcomes = await self._cache.compare_and_set(writes, token, write_through=True)
         self._count_writes(outcomes)
         return outcomes
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Let later gets of ``ids`` start a new load instead of joining one in flight."""
+        for id_ in ids:
+            self._inflight.pop(id_, None)
 
     @staticmethod
     def _id(record: Security | Score) -> str:

@@ -8,11 +8,12 @@ later in the middle of a request.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
@@ -24,14 +25,20 @@ _SECRET_FIELDS: Final = ("database_url", "redis_url", "api_tokens")
 
 
 def redact_url(url: str | None) -> str | None:
-    """The URL with any password replaced by ``***`` (for logs and reprs)."""
+    """The URL with any password (in the authority or the query) replaced by ``***``."""
     if not url:
         return url
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = urlencode(
+        [
+            (k, "***" if k.lower() == "password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _redacted(url: str | None) -> str:
@@ -53,7 +60,7 @@ def _check_redis_url(_: Any, attribute: attrs.Attribute[Any], value: str | None)
 
 
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise ConfigurationError(
             f"{attribute.name} must be > 0, got {value!r}", field=attribute.name
         )
@@ -67,7 +74,7 @@ def _not_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None
 
 
 def _fraction(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 <= value < 1:
+    if not (math.isfinite(value) and 0 <= value < 1):
         raise ConfigurationError(
             f"{attribute.name} must be in [0, 1), got {value!r}", field=attribute.name
         )
@@ -125,7 +132,13 @@ class Settings:
             if raw is not None:
                 values[field.name] = _parse(field, raw)
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigurationError as exc:
+            if exc.field is None or exc.field in overrides:
+                raise
+            var = ENV_PREFIX + exc.field.upper()
+            raise ConfigurationError(f"{var}: {exc}", field=exc.field) from exc
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (validated again)."""

@@ -16,7 +16,13 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from securecache.errors import ConflictError, NotFoundError, UnavailableError, ValidationError
+from securecache.errors import (
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+    ValidationError,
+)
 from securecache.models import Score, ScoreUpdate, Security
 from securecache.telemetry import Telemetry
 
@@ -178,6 +184,10 @@ class Store:
                 missing = await self._first_unknown(conn, list(updates))
                 raise NotFoundError(
                     f"unknown security {missing!r}", security_id=missing or "?"
+                ) from exc
+            except (pg_errors.InsufficientPrivilege, pg_errors.ReadOnlySqlTransaction) as exc:
+                raise PermissionDeniedError(
+                    f"this database role may not write scores: {exc.diag.message_primary}"
                 ) from exc
             except pg_errors.CheckViolation as exc:
                 raise ValidationError(

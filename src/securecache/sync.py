@@ -59,7 +59,7 @@ class Securities:
         return self._loop.run(self._inner.get(security_id))
 
     def get_many(self, security_ids: Iterable[str]) -> dict[str, Security]:
-        return self._loop.run(self._inner.get_many(list(security_ids)))
+        return self._loop.run(self._inner.get_many(security_ids))
 
     def list(self, limit: int = 50, after: str | None = None) -> Page[Security]:
         return self._loop.run(self._inner.list(limit=limit, after=after))
@@ -76,7 +76,7 @@ class Scores:
         return self._loop.run(self._inner.get(security_id))
 
     def get_many(self, security_ids: Iterable[str]) -> dict[str, Score]:
-        return self._loop.run(self._inner.get_many(list(security_ids)))
+        return self._loop.run(self._inner.get_many(security_ids))
 
     def put(self, security_id: str, update: ScoreUpdate, *, if_version: int | None = None) -> Score:
         return self._loop.run(self._inner.put(security_id, update, if_version=if_version))
