@@ -38,5 +38,12 @@ def setuser_rules(password: str, key_prefix: str = "sc", *, cluster: bool = Fals
 def acl_file_line(
     user: str, password: str, key_prefix: str = "sc", *, cluster: bool = False
 ) -> str:
-    """The same rules as one line of a Redis ``aclfile`` (for deployments)."""
+    """The same rules as one line of a Redis ``aclfile`` (for deployments).
+
+    An aclfile line is split on white space, so a user name or password containing any
+    would smuggle in rules of its own (``"pw ~* +@all"``): such values are refused.
+    """
+    for what, value in (("user name", user), ("password", password)):
+        if not value or any(ch.isspace() for ch in value):
+            raise ValueError(f"an aclfile {what} must be non-empty and contain no white space")
     return " ".join(["user", user, *setuser_rules(password, key_prefix, cluster=cluster)])

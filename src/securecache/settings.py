@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,6 +39,13 @@ def redact_url(url: str | None) -> str | None:
         ]
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _tokens(value: Iterable[str]) -> tuple[str, ...]:
+    """Tokens as a tuple; a bare string would otherwise become one token per character."""
+    if isinstance(value, str):
+        raise ConfigurationError("api_tokens must be a sequence of tokens", field="api_tokens")
+    return tuple(value)
 
 
 def _redacted(url: str | None) -> str:
@@ -119,7 +126,7 @@ class Settings:
     """How long the breaker stays open before one call probes Redis again."""
     lease_ms: int = attrs.field(default=5000, validator=_positive)
     """How long a fill lease lasts (an upper bound on one PostgreSQL read)."""
-    api_tokens: tuple[str, ...] = attrs.field(default=(), repr=False, converter=tuple)
+    api_tokens: tuple[str, ...] = attrs.field(default=(), repr=False, converter=_tokens)
     """Bearer tokens accepted by the internal API."""
 
     @classmethod
