@@ -58,15 +58,22 @@ return 1
 """
 CAS_SHA: Final = hashlib.sha1(CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
-# KEYS[1] value key, KEYS[2] lease key; ARGV[1] the version PostgreSQL now holds.
-# Drops the entry (and voids fills in flight) unless it already holds that version or newer.
+# KEYS[1] value key, KEYS[2] lease key; ARGV[1] the version PostgreSQL now holds (0: the row
+# was deleted), ARGV[2] TTL in ms. Unless the entry already holds that version or newer, it is
+# replaced by a floor ("<version>|~": the truth is at least this), which refuses every older
+# write still in flight while leaving the lease to the writer of this version or a newer one.
+# A deleted row drops the entry and the lease outright.
 INVALIDATE_OLDER_SCRIPT: Final = """
+if ARGV[1] == '0' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
 local current = redis.call('GET', KEYS[1])
 if current then
   local v = tonumber(string.match(current, '^(%d+)|'))
   if v and v >= tonumber(ARGV[1]) then return 0 end
 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|~', 'PX', ARGV[2])
 return 1
 """
 INVALIDATE_OLDER_SHA: Final = hashlib.sha1(
@@ -269,8 +276,10 @@ class RedisCache:
             return [REFUSED_LEASE] * len(writes)
         return results
 
-    async def invalidate_older(self, targets: Sequence[tuple[str, str, int]]) -> list[int]:
-        """For each (key, lease key, version): drop the entry unless it holds that version.
+    async def invalidate_older(
+        self, targets: Sequence[tuple[str, str, int]], ttl_ms: int
+    ) -> list[int]:
+        """For each (key, lease key, version): floor the entry unless it holds that version.
 
         Used for changes announced by PostgreSQL; keys that cannot be reached are
         remembered and deleted once Redis answers.
@@ -282,7 +291,7 @@ class RedisCache:
             return await self._with_script(
                 INVALIDATE_OLDER_SHA,
                 lambda pipe: [
-                    pipe.evalsha(INVALIDATE_OLDER_SHA, 2, key, lease, version)
+                    pipe.evalsha(INVALIDATE_OLDER_SHA, 2, key, lease, version, ttl_ms)
                     for key, lease, version in targets
                 ],
             )

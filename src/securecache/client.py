@@ -206,7 +206,12 @@ class SecureCache:
         self.securities = Securities(security_reads, self._store, self._telemetry)
         self.scores = Scores(score_reads, self._store, self._telemetry)
         self._listener = (
-            ChangeListener(s.database_url, self._cache, self._keys)
+            ChangeListener(
+                s.database_url,
+                self._cache,
+                self._keys,
+                floor_ttl_ms=round(s.ttl_seconds * 1000),
+            )
             if s.listen_changes and self._cache is not None
             else None
         )

@@ -3,9 +3,10 @@
 JSON (HTTP and Redis) uses the design's field names, with ``updated_at`` as RFC 3339 UTC
 (``2026-01-02T03:04:05.123456Z``). A Redis entry is ``b"<version>|<json>"``: the version in
 front lets the compare-and-set script order entries without decoding JSON, and
-``b"0|"`` marks an id known to be absent (negative caching). Anything read from Redis is
-untrusted: a corrupt, oversized or wrong-shaped entry decodes to :data:`CORRUPT`, which
-callers treat as a miss. I/O-free.
+``b"0|"`` marks an id known to be absent (negative caching), and ``b"<version>|~"`` is a
+floor left by the change listener: nothing cached, and nothing older than that version may
+be. Anything read from Redis is untrusted: a corrupt, oversized or wrong-shaped entry
+decodes to :data:`CORRUPT`, which callers treat as a miss. I/O-free.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class Marker(enum.Enum):
     """The id is known not to exist in PostgreSQL (a negative-cache entry)."""
     CORRUPT = "corrupt"
     """The entry could not be trusted; treat as a miss."""
+    FLOOR = "floor"
+    """The record changed and is not cached; older versions may not be stored (a miss)."""
 
 
 ABSENT: Final = Marker.ABSENT
 CORRUPT: Final = Marker.CORRUPT
+FLOOR: Final = Marker.FLOOR
+FLOOR_BODY: Final = b"~"
 
 Record = Security | Score
 R = TypeVar("R", Security, Score)
@@ -126,6 +131,8 @@ def decode_entry(kind: type[R], raw: bytes | None) -> R | Marker | None:
     version = int(head)
     if version == ABSENT_VERSION:
         return ABSENT if not body else CORRUPT
+    if body == FLOOR_BODY:
+        return FLOOR
     try:
         record = from_dict(kind, orjson.loads(body))
     except Exception:  # any failure to decode means "do not trust"

@@ -2,8 +2,9 @@
 
 The schema's triggers ``NOTIFY securecache_changes`` with ``{table, id, version, op}`` for
 every committed change, whoever makes it (a pipeline loading securities, an operator's
-UPDATE). The listener drops each cached entry older than the announced version (a later
-insert thus also replaces a negative-cache marker). Notifications sent while the listener is
+UPDATE). The listener replaces each cached entry older than the announced version with a
+floor that refuses older writes still in flight (a later insert thus also replaces a
+negative-cache marker); a deleted row's entry is dropped. Notifications sent while the listener is
 disconnected are lost, so on every reconnect it catches up: every row whose ``updated_at`` is
 later than the last moment it knew itself connected (less a margin for transactions that
 committed late) is treated as announced again. Rows deleted during a disconnection cannot be
@@ -46,12 +47,14 @@ class ChangeListener:
         cache: RedisCache,
         keys: KeyScheme,
         *,
+        floor_ttl_ms: int,
         catch_up_margin: timedelta = timedelta(seconds=60),
     ) -> None:
         self._url = url
         self._cache = cache
         self._keys = keys
         self._margin = catch_up_margin
+        self._floor_ttl_ms = floor_ttl_ms
         self._task: asyncio.Task[None] | None = None
         self._alive_at: datetime | None = None
         self.connected = asyncio.Event()
@@ -122,7 +125,7 @@ class ChangeListener:
             (self._keys.value(kind, id_), self._keys.lease(kind, id_), version)
             for kind, id_, version in filter(None, changes)
         ]
-        await self._cache.invalidate_older(targets)
+        await self._cache.invalidate_older(targets, self._floor_ttl_ms)
         self.applied += len(targets)
 
 
