@@ -1,0 +1,7 @@
+"""``python -m securecache``: the same command as the ``securecache`` console script."""
+
+import sys
+
+from securecache.cli import main
+
+sys.exit(main())

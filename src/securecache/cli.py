@@ -1,0 +1,395 @@
+"""The ``securecache`` command: migrate, load-securities, seed and dev.
+
+Expected failures (bad input, unreachable server, missing setting) end with one line on
+stderr and a non-zero status, never a traceback: the CLI runs in scripts and CI jobs whose
+logs should say what to fix. Exit status: 0 success, 1 failure, 2 usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Final, TextIO
+
+import attrs
+import psycopg
+import redis
+from psycopg import sql
+
+from securecache import schema
+from securecache.dev import (
+    ServerInfo,
+    default_base_dir,
+    derive_url,
+    resolve_servers,
+    role_passwords,
+)
+from securecache.errors import ConfigurationError, SecureCacheError
+from securecache.loader import load_securities
+from securecache.seed import seed
+from securecache.settings import Settings, redact_url
+
+DATABASE_URL_VAR: Final = "SECURECACHE_DATABASE_URL"
+REDIS_URL_VAR: Final = "SECURECACHE_REDIS_URL"
+# Names of variables, not secrets:
+WRITER_PASSWORD_VAR: Final = "SECURECACHE_WRITER_PASSWORD"  # noqa: S105
+READER_PASSWORD_VAR: Final = "SECURECACHE_READER_PASSWORD"  # noqa: S105
+DEV_SEED_COUNT: Final = 1000
+DEV_DATABASE: Final = "securecache"
+"""The database ``dev`` creates on embedded servers (their superuser URL names ``postgres``)."""
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+
+class UsageError(SecureCacheError):
+    """The command line lacks something it needs (exit status 2)."""
+
+
+def env_secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """``$NAME``, or the content of the file named by ``$NAME_FILE`` (Kubernetes Secrets)."""
+    env = os.environ if environ is None else environ
+    if value := env.get(name):
+        return value
+    if path := env.get(name + "_FILE"):
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigurationError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+    return None
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    url: str | None = args.database_url or env_secret(DATABASE_URL_VAR)
+    if not url:
+        raise UsageError(
+            f"no database URL: pass --database-url or set {DATABASE_URL_VAR} "
+            "(an administrator's URL for this command)"
+        )
+    return url
+
+
+def _server_of(url: str) -> str:
+    """``host:port/dbname`` of a PostgreSQL URL, for summaries (never the password)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    host = info.get("host") or "localhost"
+    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
+
+
+# -- migrate --------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    url = _database_url(args)
+    writer = env_secret(WRITER_PASSWORD_VAR)
+    reader = env_secret(READER_PASSWORD_VAR)
+    schema.migrate(url, writer_password=writer, reader_password=reader)
+    passwords = [role for role, pw in (("writer", writer), ("reader", reader)) if pw is not None]
+    note = f"; passwords set for {', '.join(passwords)}" if passwords else ""
+    print(
+        f"migrated {_server_of(url)}: schema {schema.SCHEMA}, roles {schema.OWNER_ROLE}, "
+        f"{schema.WRITER_ROLE}, {schema.READER_ROLE}{note}"
+    )
+    return EXIT_OK
+
+
+# -- load-securities ----------------------------------------------------------------------
+
+
+def cmd_load_securities(args: argparse.Namespace) -> int:
+    url = _database_url(args)
+    shown = False
+
+    def progress(done: int, total: int) -> None:
+        # A progress line is for people watching a terminal, not for logs.
+        nonlocal shown
+        if sys.stderr.isatty():
+            print(f"\rloading securities: {done}/{total} rows", end="", file=sys.stderr, flush=True)
+            shown = True
+
+    try:
+        summary = load_securities(url, args.file, batch_size=args.batch_size, progress=progress)
+    finally:
+        if shown:
+            print(file=sys.stderr)
+    print(f"{args.file}: {summary}")
+    return EXIT_OK
+
+
+# -- seed ---------------------------------------------------------------------------------
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    url = _database_url(args)
+    summary = seed(url, args.count, with_scores=not args.no_scores)
+    print(f"seeded {_server_of(url)} with {args.count} demo securities: {summary}")
+    return EXIT_OK
+
+
+# -- dev ----------------------------------------------------------------------------------
+
+
+def _redacted(url: str) -> str:
+    return str(redact_url(url))
+
+
+@attrs.frozen
+class DevEnvironment:
+    """Everything a developer (or the API servers) needs to talk to the dev servers."""
+
+    servers: ServerInfo
+    admin_url: str = attrs.field(repr=_redacted)
+    writer_url: str = attrs.field(repr=_redacted)
+    reader_url: str = attrs.field(repr=_redacted)
+    redis_url: str = attrs.field(repr=_redacted)
+
+    def settings(self, database_url: str | None = None) -> Settings:
+        """Settings for a process of this environment (the writer's URL unless told)."""
+        return Settings.from_env(
+            database_url=database_url or self.writer_url, redis_url=self.redis_url
+        )
+
+
+def serve_apis(env: DevEnvironment, out: TextIO) -> contextlib.AbstractContextManager[None]:
+    """The hook where ``dev --serve`` starts the public and internal APIs.
+
+    Returns a context manager so that the APIs stop before the servers they depend on.
+    """
+    print("--serve: the HTTP APIs arrive with the servers issue; serving databases only", file=out)
+    return contextlib.nullcontext()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: stop the way Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM unwind the ``with`` blocks, which stop the servers in order.
+
+    SIGINT is set explicitly because a shell starts background jobs with it ignored.
+    """
+
+    def terminate(_signum: int, _frame: FrameType | None) -> None:
+        raise _Terminated
+
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_term = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def prepare_dev(
+    servers: ServerInfo, *, seed_count: int, base_dir: Path | None = None, out: TextIO | None = None
+) -> DevEnvironment:
+    """Migrate (with the service roles' kept passwords) and seed an empty database.
+
+    On embedded servers the data goes in a database of its own, ``securecache``; on
+    external ones, in the database the URL names.
+    """
+    out = out or sys.stdout
+    admin_url = servers.admin_url
+    if servers.kind == "embedded":
+        admin_url = derive_url(admin_url, dbname=DEV_DATABASE)
+        with psycopg.connect(servers.admin_url, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT FROM pg_database WHERE datname = %s", (DEV_DATABASE,)
+            ).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEV_DATABASE)))
+    passwords = role_passwords(servers, base_dir)
+    schema.migrate(admin_url, writer_password=passwords.writer, reader_password=passwords.reader)
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SELECT EXISTS (SELECT FROM securecache.security)").fetchone()
+    if row is not None and row[0]:
+        print("securities present: no demo data added", file=out)
+    elif seed_count:
+        print(f"demo data: {seed(admin_url, seed_count)}", file=out)
+    return DevEnvironment(
+        servers=servers,
+        admin_url=admin_url,
+        writer_url=derive_url(admin_url, user=schema.WRITER_ROLE, password=passwords.writer),
+        reader_url=derive_url(admin_url, user=schema.READER_ROLE, password=passwords.reader),
+        redis_url=servers.redis_url,
+    )
+
+
+def run_dev(
+    *,
+    serve: bool = False,
+    exit_after_setup: bool = False,
+    seed_count: int = DEV_SEED_COUNT,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    base_dir: Path | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Servers up, schema migrated, demo data in; then wait for Ctrl-C or SIGTERM."""
+    out = out or sys.stdout
+    settings = Settings(database_url=database_url, redis_url=redis_url)
+    with (
+        _stop_signals(),
+        contextlib.ExitStack() as stack,
+    ):
+        servers = stack.enter_context(resolve_servers(settings, base_dir=base_dir))
+        env = prepare_dev(servers, seed_count=seed_count, base_dir=base_dir, out=out)
+        print(servers.describe(), file=out)
+        print(f"  admin  (migrations, loads): {env.admin_url}", file=out)
+        print(f"  writer (internal API):      {env.writer_url}", file=out)
+        print(f"  reader (public API):        {env.reader_url}", file=out)
+        print(f"  redis:                      {env.redis_url}", file=out)
+        if serve:
+            stack.enter_context(serve_apis(env, out))
+        if exit_after_setup:
+            print("ready; stopping (--exit-after-setup)", file=out, flush=True)
+        else:
+            print("Ctrl-C stops everything.", file=out, flush=True)
+            try:
+                while True:
+                    servers.check()
+                    time.sleep(0.5)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+                print("\nstopping...", file=out, flush=True)
+    print("stopped.", file=out, flush=True)
+    return EXIT_OK
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    return run_dev(
+        serve=args.serve,
+        exit_after_setup=args.exit_after_setup,
+        seed_count=args.seed_count,
+        database_url=args.database_url or env_secret(DATABASE_URL_VAR),
+        redis_url=args.redis_url or env_secret(REDIS_URL_VAR),
+        base_dir=args.state_dir,
+    )
+
+
+# -- plumbing -----------------------------------------------------------------------------
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="securecache",
+        description="Security and Score records: PostgreSQL as truth, Redis as shared cache.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def database_option(command: argparse.ArgumentParser, role: str) -> None:
+        command.add_argument(
+            "--database-url",
+            metavar="URL",
+            help=f"PostgreSQL URL of {role} (default: ${DATABASE_URL_VAR})",
+        )
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or update the schema, roles and grants",
+        description=(
+            "Bring the schema, roles and grants up to date. Service-role passwords: "
+            f"${WRITER_PASSWORD_VAR} and ${READER_PASSWORD_VAR} (or their _FILE variants)."
+        ),
+    )
+    database_option(migrate, "an administrator")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    load = commands.add_parser(
+        "load-securities",
+        help="upsert securities from a CSV file (id,name,symbol,exchange), all or nothing",
+    )
+    load.add_argument("file", type=Path, metavar="FILE")
+    database_option(load, "an administrator")
+    load.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N")
+    load.set_defaults(handler=cmd_load_securities)
+
+    seed_cmd = commands.add_parser("seed", help="upsert demo securities SEC000001.. and scores")
+    seed_cmd.add_argument("--count", type=_count, required=True, metavar="N")
+    seed_cmd.add_argument("--no-scores", action="store_true", help="securities only")
+    database_option(seed_cmd, "an administrator")
+    seed_cmd.set_defaults(handler=cmd_seed)
+
+    dev = commands.add_parser(
+        "dev",
+        help="PostgreSQL and Redis for development (embedded unless URLs are set), demo data",
+        description=(
+            "Start embedded PostgreSQL and Redis (or use the servers of --database-url and "
+            "--redis-url when both are given), migrate, seed an empty database, print the "
+            "URLs, then wait: Ctrl-C stops everything."
+        ),
+    )
+    database_option(dev, "an administrator")
+    dev.add_argument("--redis-url", metavar="URL", help=f"Redis URL (default: ${REDIS_URL_VAR})")
+    dev.add_argument("--serve", action="store_true", help="also run the public and internal APIs")
+    dev.add_argument(
+        "--exit-after-setup", action="store_true", help="stop once everything is ready (tests)"
+    )
+    dev.add_argument(
+        "--seed-count",
+        type=_count,
+        default=DEV_SEED_COUNT,
+        metavar="N",
+        help=f"demo securities for an empty database (default {DEV_SEED_COUNT}; 0: none)",
+    )
+    dev.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"where embedded servers keep their data (default {default_base_dir()})",
+    )
+    dev.set_defaults(handler=cmd_dev)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        text += " (has `securecache migrate` run on this database?)"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``securecache`` console script and ``python -m securecache``."""
+    args = build_parser().parse_args(argv)
+    prefix = f"securecache {args.command}: error:"
+    try:
+        status: int = args.handler(args)
+    except KeyboardInterrupt:
+        print(f"securecache {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SecureCacheError, psycopg.Error, redis.RedisError, OSError) as exc:
+        print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    return status
