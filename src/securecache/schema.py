@@ -8,9 +8,11 @@ is taken back. A cluster-wide advisory lock makes concurrent migrators take turn
 
 from __future__ import annotations
 
+import time
 from typing import Final
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 SCHEMA: Final = "securecache"
@@ -20,6 +22,7 @@ READER_ROLE: Final = "securecache_reader"
 CHANNEL: Final = "securecache_changes"
 """NOTIFY channel on which the triggers announce every change of a row."""
 _LOCK_KEY: Final = 0x5EC0CAC4E
+_ATTEMPTS: Final = 5
 
 _ROLES: Final = f"""
 DO $$
@@ -168,6 +171,20 @@ def migrate(
     Passwords, when given, are set on the service roles (otherwise left as they are:
     trust or certificate authentication needs none).
     """
+    # Roles belong to the whole server while the advisory lock covers one database, so two
+    # databases migrating at once can collide on the role rows ("tuple concurrently
+    # updated"); the loser simply runs again.
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            _migrate_once(admin_url, writer_password, reader_password)
+            return
+        except (pg_errors.InternalError_, pg_errors.UniqueViolation):
+            if attempt == _ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
+
+
+def _migrate_once(admin_url: str, writer_password: str | None, reader_password: str | None) -> None:
     with psycopg.connect(admin_url, autocommit=False) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute(_ROLES)
