@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/securecache dev --serve
+	$(BIN)/python -m securecache dev --serve
 
 test: $(STAMP)
 	$(BIN)/nox -s lint typecheck tests tests_system

@@ -8,15 +8,19 @@ logs should say what to fix. Exit status: 0 success, 1 failure, 2 usage, 130 int
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Final, TextIO
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import attrs
 import psycopg
@@ -24,10 +28,12 @@ import redis
 from psycopg import sql
 
 from securecache import schema
+from securecache.acl import setuser_rules
 from securecache.dev import (
     ServerInfo,
     default_base_dir,
     derive_url,
+    read_or_create_secret,
     resolve_servers,
     role_passwords,
 )
@@ -159,13 +165,128 @@ class DevEnvironment:
         )
 
 
-def serve_apis(env: DevEnvironment, out: TextIO) -> contextlib.AbstractContextManager[None]:
-    """The hook where ``dev --serve`` starts the public and internal APIs.
+PUBLIC_PORT: Final = 8080
+INTERNAL_PORT: Final = 8081
+API_STARTUP_SECONDS: Final = 60.0
+SERVICE_USERS: Final = {"public": "securecache-public", "internal": "securecache-internal"}
+"""The Redis ACL users of the two APIs on embedded servers (one per service)."""
 
-    Returns a context manager so that the APIs stop before the servers they depend on.
+
+def _service_redis_url(env: DevEnvironment, service: str, key_prefix: str, state: Path) -> str:
+    """On embedded Redis, a URL for the service's own ACL user, confined to the key prefix.
+
+    On a Redis of someone else's (URLs given), nothing is changed: its URL is used as given.
     """
-    print("--serve: the HTTP APIs arrive with the servers issue; serving databases only", file=out)
-    return contextlib.nullcontext()
+    if env.servers.kind != "embedded":
+        return env.redis_url
+    user = SERVICE_USERS[service]
+    password, _ = read_or_create_secret(state / f"redis-{service}-password")
+    with redis.Redis.from_url(env.redis_url) as admin:
+        admin.execute_command("ACL", "SETUSER", user, *setuser_rules(password, key_prefix))
+    url = urlsplit(env.redis_url)
+    netloc = f"{quote(user)}:{quote(password)}@{url.hostname}:{url.port}"
+    return urlunsplit(url._replace(netloc=netloc))
+
+
+def _wait_for_ports(host: str, ports: Sequence[int], thread: threading.Thread) -> None:
+    """Until every port accepts connections (uvicorn binds after its lifespan started)."""
+    deadline = time.monotonic() + API_STARTUP_SECONDS
+    pending = list(ports)
+    while pending:
+        if not thread.is_alive():
+            raise DevError("the APIs stopped while starting; see the log above")
+        if time.monotonic() > deadline:
+            raise DevError(f"the APIs did not open ports {pending} in {API_STARTUP_SECONDS:.0f} s")
+        try:
+            with socket.create_connection((host, pending[0]), timeout=0.5):
+                pending.pop(0)
+        except OSError:
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serve_apis(
+    env: DevEnvironment,
+    out: TextIO,
+    *,
+    host: str = "127.0.0.1",
+    public_port: int = PUBLIC_PORT,
+    internal_port: int = INTERNAL_PORT,
+    base_dir: Path | None = None,
+) -> Iterator[None]:
+    """Both APIs on a loop of their own thread, each with its own roles, until the block ends.
+
+    The public API reads as ``securecache_reader``, the internal one writes as
+    ``securecache_writer``, each with its own Redis user on embedded servers. Leaving the
+    block drains both (requests in flight finish) before the servers below them stop.
+    """
+    try:
+        from servers import internal_api, public_api
+        from servers.run import configure_logging, serve_apps
+    except ImportError as exc:
+        raise DevError(
+            "--serve needs the servers/ folder beside the library: run it from the repository "
+            "root (make run, or python -m securecache dev --serve)"
+        ) from exc
+    state = base_dir or default_base_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    token, _ = read_or_create_secret(state / "dev-api-token")
+    public = Settings.from_env(database_url=env.reader_url, redis_url=env.redis_url)
+    public = public.with_changes(
+        redis_url=_service_redis_url(env, "public", public.key_prefix, state),
+        listen_changes=True,
+    )
+    internal = public.with_changes(
+        database_url=env.writer_url,
+        redis_url=_service_redis_url(env, "internal", public.key_prefix, state),
+        api_tokens=(token,),
+    )
+    apps = [
+        (public_api.create_app(public), host, public_port),
+        (internal_api.create_app(internal), host, internal_port),
+    ]
+    configure_logging()
+    loop = asyncio.new_event_loop()
+    task: asyncio.Task[None] | None = None
+
+    def run() -> None:
+        nonlocal task
+        asyncio.set_event_loop(loop)
+        task = loop.create_task(serve_apps(apps))
+        with contextlib.suppress(BaseException):  # uvicorn has logged why
+            loop.run_until_complete(task)
+
+    thread = threading.Thread(target=run, name="securecache-apis", daemon=True)
+    thread.start()
+    try:
+        _wait_for_ports(host, [public_port, internal_port], thread)
+        public_url = f"http://{host}:{public_port}"
+        internal_url = f"http://{host}:{internal_port}"
+        auth = f"-H 'Authorization: Bearer {token}'"
+        body = '{"growth": 8.5, "value": 7.9, "quality": 9.1, "momentum": 6.8}'
+        print(
+            f"\npublic API   {public_url}   (reader role; docs at {public_url}/openapi.json)\n"
+            f"  curl -s '{public_url}/securities?limit=3'\n"
+            f"  curl -s {public_url}/securities/SEC000001/score\n"
+            f"internal API {internal_url}   (writer role, bearer token)\n"
+            f"  curl -s {auth} {internal_url}/scores/SEC000001\n"
+            f"  curl -s -X PUT {auth} -H 'Content-Type: application/json' \\\n"
+            f"       -d '{body}' {internal_url}/scores/SEC000001\n"
+            f"dev token: {token}   (kept in {state / 'dev-api-token'})\n"
+            "traces: set OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 (make jaeger) "
+            "to export them",
+            file=out,
+            flush=True,
+        )
+        yield
+    finally:
+        if task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=30)
+
+
+class DevError(SecureCacheError):
+    """``dev`` could not bring everything up; the message says what to do."""
 
 
 class _Terminated(KeyboardInterrupt):
@@ -229,6 +350,8 @@ def prepare_dev(
 def run_dev(
     *,
     serve: bool = False,
+    public_port: int = PUBLIC_PORT,
+    internal_port: int = INTERNAL_PORT,
     exit_after_setup: bool = False,
     seed_count: int = DEV_SEED_COUNT,
     database_url: str | None = None,
@@ -251,7 +374,15 @@ def run_dev(
         print(f"  reader (public API):        {env.reader_url}", file=out)
         print(f"  redis:                      {env.redis_url}", file=out)
         if serve:
-            stack.enter_context(serve_apis(env, out))
+            stack.enter_context(
+                serve_apis(
+                    env,
+                    out,
+                    public_port=public_port,
+                    internal_port=internal_port,
+                    base_dir=base_dir,
+                )
+            )
         if exit_after_setup:
             print("ready; stopping (--exit-after-setup)", file=out, flush=True)
         else:
@@ -269,6 +400,8 @@ def run_dev(
 def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(
         serve=args.serve,
+        public_port=args.public_port,
+        internal_port=args.internal_port,
         exit_after_setup=args.exit_after_setup,
         seed_count=args.seed_count,
         database_url=args.database_url or env_secret(DATABASE_URL_VAR),
@@ -288,6 +421,13 @@ def _whole_number(text: str, minimum: int) -> int:
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def _port(text: str) -> int:
+    port = _whole_number(text, 1)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {port}")
+    return port
 
 
 def _positive_int(text: str) -> int:
@@ -350,6 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     database_option(dev, "an administrator")
     dev.add_argument("--redis-url", metavar="URL", help=f"Redis URL (default: ${REDIS_URL_VAR})")
     dev.add_argument("--serve", action="store_true", help="also run the public and internal APIs")
+    dev.add_argument(
+        "--public-port", type=_port, default=PUBLIC_PORT, help="public API port (default 8080)"
+    )
+    dev.add_argument(
+        "--internal-port",
+        type=_port,
+        default=INTERNAL_PORT,
+        help="internal API port (default 8081)",
+    )
     dev.add_argument(
         "--exit-after-setup", action="store_true", help="stop once everything is ready (tests)"
     )

@@ -256,7 +256,7 @@ def _new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _read_or_create_secret(path: Path) -> tuple[str, bool]:
+def read_or_create_secret(path: Path) -> tuple[str, bool]:
     """The secret stored at ``path`` (mode 0600), creating it first if absent."""
     with contextlib.suppress(FileNotFoundError):
         return path.read_text(encoding="utf-8").strip(), False
@@ -693,7 +693,7 @@ class EmbeddedServers:
         _check_reachable(bin_dir / "postgres", account, execute=True)
         _check_reachable(self.state_dir, account, execute=True)
         data = self.state_dir / "postgres"
-        password, new_password = _read_or_create_secret(self.state_dir / "postgres-password")
+        password, new_password = read_or_create_secret(self.state_dir / "postgres-password")
         if (data / "PG_VERSION").exists():
             _make_private_dir(data, account)
         else:
@@ -780,7 +780,7 @@ class EmbeddedServers:
         _check_reachable(binary, account, execute=True)
         data = self.state_dir / "redis"
         _make_private_dir(data, account)
-        password, _ = _read_or_create_secret(self.state_dir / "redis-password")
+        password, _ = read_or_create_secret(self.state_dir / "redis-password")
         # The password goes in a private config file, not on the command line for ps to show.
         config = data / "redis.conf"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
