@@ -21,7 +21,13 @@ import pytest
 
 from fix_servers import Database, EmptyDatabase, state_base
 from securecache.cli import main
-from securecache.dev import RolePasswords, ServerInfo, leftover_processes, role_passwords
+from securecache.dev import (
+    RolePasswords,
+    ServerInfo,
+    free_port,
+    leftover_processes,
+    role_passwords,
+)
 from securecache.seed import EXCHANGES
 
 HEADER = "id,name,symbol,exchange\n"
@@ -240,18 +246,21 @@ def test_dev_on_given_servers_migrates_seeds_once_and_exits(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`dev --exit-after-setup` with both URLs set: nothing started, data in, exit 0."""
+    """`dev --exit-after-setup --serve` with both URLs set: no server started, data in, the
+    APIs up on the given ports and down again, exit 0; a second run seeds nothing."""
     env = cli_env(
         SECURECACHE_DATABASE_URL=empty_database.admin_url,
         SECURECACHE_REDIS_URL=servers.redis_url,
     )
     args = ["dev", "--exit-after-setup", "--serve", "--seed-count", "30"]
     args += ["--state-dir", str(state_base(pytestconfig))]
+    args += ["--public-port", str(free_port()), "--internal-port", str(free_port())]
     first = run(*args, env=env)
     assert first.returncode == 0, first.stderr
     assert "(external)" in first.stdout
     assert "demo data: securities: 30 inserted" in first.stdout
-    assert "--serve:" in first.stdout
+    assert re.search(r"^public API   http://127\.0\.0\.1:\d+", first.stdout, re.MULTILINE)
+    assert re.search(r"^internal API http://127\.0\.0\.1:\d+", first.stdout, re.MULTILINE)
     assert first.stdout.rstrip().endswith("stopped.")
     assert url_after("redis", first.stdout) == servers.redis_url
     reader_url = url_after("reader", first.stdout)

@@ -188,12 +188,12 @@ def _service_redis_url(env: DevEnvironment, service: str, key_prefix: str, state
     return urlunsplit(url._replace(netloc=netloc))
 
 
-def _wait_for_ports(host: str, ports: Sequence[int], thread: threading.Thread) -> None:
+def _wait_for_ports(host: str, ports: Sequence[int], serving: asyncio.Task[None]) -> None:
     """Until every port accepts connections (uvicorn binds after its lifespan started)."""
     deadline = time.monotonic() + API_STARTUP_SECONDS
     pending = list(ports)
     while pending:
-        if not thread.is_alive():
+        if serving.done():
             raise DevError("the APIs stopped while starting; see the log above")
         if time.monotonic() > deadline:
             raise DevError(f"the APIs did not open ports {pending} in {API_STARTUP_SECONDS:.0f} s")
@@ -247,19 +247,20 @@ def serve_apis(
     ]
     configure_logging()
     loop = asyncio.new_event_loop()
-    task: asyncio.Task[None] | None = None
-
-    def run() -> None:
-        nonlocal task
-        asyncio.set_event_loop(loop)
-        task = loop.create_task(serve_apps(apps))
-        with contextlib.suppress(BaseException):  # uvicorn has logged why
-            loop.run_until_complete(task)
-
-    thread = threading.Thread(target=run, name="securecache-apis", daemon=True)
+    thread = threading.Thread(target=loop.run_forever, name="securecache-apis", daemon=True)
     thread.start()
+
+    async def start() -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(serve_apps(apps))
+
+    async def drain(task: asyncio.Task[None]) -> None:
+        task.cancel()  # serve_apps drains both servers: requests in flight finish first
+        with contextlib.suppress(BaseException):  # uvicorn has logged any failure
+            await task
+
+    serving = asyncio.run_coroutine_threadsafe(start(), loop).result()
     try:
-        _wait_for_ports(host, [public_port, internal_port], thread)
+        _wait_for_ports(host, [public_port, internal_port], serving)
         public_url = f"http://{host}:{public_port}"
         internal_url = f"http://{host}:{internal_port}"
         auth = f"-H 'Authorization: Bearer {token}'"
@@ -280,9 +281,10 @@ def serve_apis(
         )
         yield
     finally:
-        if task is not None:
-            loop.call_soon_threadsafe(task.cancel)
+        asyncio.run_coroutine_threadsafe(drain(serving), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
+        loop.close()
 
 
 class DevError(SecureCacheError):
