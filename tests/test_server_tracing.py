@@ -1,0 +1,192 @@
+"""One request, one trace: the server span is the root, the library's spans hang below it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+
+from securecache import Settings
+from securecache.dev import ServerInfo
+from servers import internal_api, public_api
+from servers.telemetry import INTERNAL_SERVICE_NAME, PUBLIC_SERVICE_NAME, tracing_from_env
+
+MakeSecurities = Callable[..., list[str]]
+TOKEN = "trace-token"
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    """Where the test's spans end up."""
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    """An SDK provider exporting each span to memory as it ends."""
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+async def started(app: Starlette, **headers: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://traced", headers=headers
+        ) as http,
+    ):
+        yield http
+
+
+@pytest.fixture
+async def public(
+    database: Any, servers: ServerInfo, key_prefix: str, provider: TracerProvider
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The public app, its tracer provider exporting to memory."""
+    settings = Settings(
+        database_url=database.reader_url, redis_url=servers.redis_url, key_prefix=key_prefix
+    )
+    async for http in started(public_api.create_app(settings, tracer_provider=provider)):
+        yield http
+
+
+@pytest.fixture
+async def internal(
+    database: Any, servers: ServerInfo, key_prefix: str, provider: TracerProvider
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The internal app, tracing to memory."""
+    settings = Settings(
+        database_url=database.writer_url, redis_url=servers.redis_url, key_prefix=key_prefix
+    ).with_changes(api_tokens=(TOKEN,))
+    app = internal_api.create_app(settings, tracer_provider=provider)
+    async for http in started(app, Authorization=f"Bearer {TOKEN}"):
+        yield http
+
+
+def ancestry(span: ReadableSpan, spans: Sequence[ReadableSpan]) -> list[str]:
+    """Names from ``span`` up to its root, following ``parent.span_id``."""
+    by_id = {s.context.span_id: s for s in spans}
+    names = [span.name]
+    current = span
+    while current.parent is not None:
+        parent = by_id.get(current.parent.span_id)
+        if parent is None:
+            names.append(f"<remote {current.parent.span_id:016x}>")
+            break
+        names.append(parent.name)
+        current = parent
+    return names
+
+
+def named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+async def test_a_miss_traces_server_cache_and_database(
+    public: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
+) -> None:
+    """A cold GET: the library's get, its MGET and the SELECT all descend from the server
+    span, which is named after the route, not the id."""
+    (sid,) = make_securities(1)
+    exporter.clear()
+    assert (await public.get(f"/securities/{sid}")).status_code == 200
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert server.name == "GET /securities/{id}"
+    assert server.attributes is not None
+    assert server.attributes["http.route"] == "/securities/{id}"
+    assert server.parent is None
+    (get,) = named(spans, "securecache security.get")
+    (select,) = named(spans, "SELECT securecache.security")
+    (mget,) = named(spans, "MGET")
+    for span in (get, select, mget):
+        assert span.context.trace_id == server.context.trace_id
+        assert ancestry(span, spans)[-1] == server.name
+    assert ancestry(get, spans) == ["securecache security.get", server.name]
+    assert select.kind is SpanKind.CLIENT
+    assert "securecache security.get" in ancestry(select, spans)
+
+
+async def test_a_hit_traces_no_database(
+    public: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
+) -> None:
+    """Once cached, the same GET is a server span over one MGET and no SQL."""
+    (sid,) = make_securities(1, with_scores=True)
+    await public.get(f"/securities/{sid}/score")
+    exporter.clear()
+    assert (await public.get(f"/securities/{sid}/score")).status_code == 200
+    spans = exporter.get_finished_spans()
+    assert not [s for s in spans if s.name.startswith("SELECT")]
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    (mget,) = named(spans, "MGET")
+    assert ancestry(mget, spans)[-1] == server.name
+
+
+async def test_the_server_span_continues_the_caller_trace(
+    public: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
+) -> None:
+    """A W3C traceparent from the caller makes the request part of the caller's trace."""
+    (sid,) = make_securities(1)
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    exporter.clear()
+    await public.get(f"/securities/{sid}", headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert f"{server.context.trace_id:032x}" == trace_id
+    assert server.parent is not None
+    assert f"{server.parent.span_id:016x}" == parent_id
+    assert {f"{s.context.trace_id:032x}" for s in spans} == {trace_id}
+
+
+async def test_a_write_traces_the_upsert_under_the_request(
+    internal: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
+) -> None:
+    """PUT: the library's scores.put and its UPSERT descend from the server span."""
+    (sid,) = make_securities(1)
+    exporter.clear()
+    body = {"growth": 1, "value": 2, "quality": 3, "momentum": 4}
+    assert (await internal.put(f"/scores/{sid}", json=body)).status_code == 201
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert server.name == "PUT /scores/{security_id}"
+    (upsert,) = named(spans, "UPSERT securecache.score")
+    assert ancestry(upsert, spans) == [upsert.name, "securecache scores.put", server.name]
+
+
+def test_tracing_from_env_without_a_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No endpoint: spans are made (ids propagate) but not exported, and the log says so."""
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    tracing = tracing_from_env(PUBLIC_SERVICE_NAME)
+    assert isinstance(tracing.provider, TracerProvider)
+    assert tracing.provider.resource.attributes["service.name"] == PUBLIC_SERVICE_NAME
+    assert "not exported" in tracing.description
+    tracing.provider.shutdown()
+
+
+def test_tracing_from_env_with_a_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OTLP endpoint turns on the exporter; OTEL_SERVICE_NAME overrides the default name."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "scores-east")
+    tracing = tracing_from_env(INTERNAL_SERVICE_NAME)
+    assert isinstance(tracing.provider, TracerProvider)
+    assert tracing.provider.resource.attributes["service.name"] == "scores-east"
+    assert "OTLP/HTTP at http://127.0.0.1:4318" in tracing.description
+    tracing.provider.shutdown()
+
+
+def test_tracing_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_SDK_DISABLED=true installs no SDK at all."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    tracing = tracing_from_env(PUBLIC_SERVICE_NAME)
+    assert not isinstance(tracing.provider, TracerProvider)
