@@ -207,8 +207,12 @@ class Tracing:
         return [
             str((span.attributes or {})[SOURCE])
             for span in self.exporter.get_finished_spans()
-            if span.name == f"securecache {kind}.get"
+            if span.name == f"securecache {NAMESPACES[kind]}.get"
         ]
+
+
+NAMESPACES = {Kind.SECURITY: "securities", Kind.SCORE: "scores"}
+"""Span names follow the facade's namespaces: ``securecache securities.get``."""
 
 
 @attrs.frozen

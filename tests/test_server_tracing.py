@@ -104,15 +104,15 @@ async def test_a_miss_traces_server_cache_and_database(
     assert server.attributes is not None
     assert server.attributes["http.route"] == "/securities/{id}"
     assert server.parent is None
-    (get,) = named(spans, "securecache security.get")
+    (get,) = named(spans, "securecache securities.get")
     (select,) = named(spans, "SELECT securecache.security")
     (mget,) = named(spans, "MGET")
     for span in (get, select, mget):
         assert span.context.trace_id == server.context.trace_id
         assert ancestry(span, spans)[-1] == server.name
-    assert ancestry(get, spans) == ["securecache security.get", server.name]
+    assert ancestry(get, spans) == ["securecache securities.get", server.name]
     assert select.kind is SpanKind.CLIENT
-    assert "securecache security.get" in ancestry(select, spans)
+    assert "securecache securities.get" in ancestry(select, spans)
 
 
 async def test_a_hit_traces_no_database(

@@ -63,6 +63,8 @@ class ReadThrough(Generic[R]):
         lease_ms: int,
     ) -> None:
         self._kind = kind
+        # Span names follow the facade: "securecache securities.get", "securecache scores.get".
+        self._namespace = {Kind.SECURITY: "securities", Kind.SCORE: "scores"}[kind]
         self._type: type[R] = record_type
         self._fetch: Fetch[R] = fetch
         self._cache = cache
@@ -77,7 +79,7 @@ class ReadThrough(Generic[R]):
 
     async def get(self, id_: str) -> R | None:
         """One record, loaded in the batch of this loop iteration."""
-        with self._telemetry.call_span(f"securecache {self._kind}.get") as span:
+        with self._telemetry.call_span(f"securecache {self._namespace}.get") as span:
             record, source = await asyncio.shield(self._future(id_))
             span.set_attribute(SOURCE, source)
             return record
@@ -85,7 +87,7 @@ class ReadThrough(Generic[R]):
     async def get_many(self, ids: Iterable[str]) -> dict[str, R]:
         """The records among ``ids`` that exist, keyed by id."""
         unique = list(dict.fromkeys(ids))
-        with self._telemetry.call_span(f"securecache {self._kind}.get_many") as span:
+        with self._telemetry.call_span(f"securecache {self._namespace}.get_many") as span:
             span.set_attribute("securecache.ids", len(unique))
             futures = [self._future(i) for i in unique]
             results = await asyncio.shield(asyncio.gather(*futures))

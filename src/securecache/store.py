@@ -131,9 +131,9 @@ class Store:
                 async with self._pool.connection() as conn:
                     yield conn
             except PoolTimeout as exc:
-                raise UnavailableError("PostgreSQL: no connection available in time") from exc
+                raise UnavailableError("the database did not answer in time") from exc
             except (psycopg.OperationalError, pg_errors.QueryCanceled) as exc:
-                raise UnavailableError(f"PostgreSQL unavailable: {type(exc).__name__}") from exc
+                raise UnavailableError("the database is unavailable") from exc
 
     async def ping(self) -> None:
         """Raise UnavailableError unless PostgreSQL answers a trivial query."""
