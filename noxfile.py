@@ -79,5 +79,5 @@ def tests_system(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """securecache beside bare redis-py and other Python caches; writes bench/results.json."""
-    _install(session, "bench", extras=".[binary,embedded]")
+    _install(session, "bench", extras=".[binary,embedded,hiredis]")
     session.run("python", "bench/run.py", *session.posargs)

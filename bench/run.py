@@ -31,6 +31,7 @@ import psycopg
 import redis
 import redis.asyncio as aioredis
 from psycopg import sql
+from redis.utils import HIREDIS_AVAILABLE
 
 import securecache
 from securecache import ScoreUpdate, SecureCache, Settings
@@ -412,6 +413,7 @@ async def main() -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "servers": servers.describe(),
             "securecache": securecache.__version__,
+            "redis_parser": "hiredis" if HIREDIS_AVAILABLE else "python",
             "ops": args.ops,
             "repeat": args.repeat,
             "concurrency": CONCURRENCY,
@@ -419,7 +421,8 @@ async def main() -> int:
     args.output.write_text(json.dumps({"meta": meta, "results": timer.results}, indent=2) + "\n")
     table = [
         f"Run: `{meta['command']}` on {meta['date']} ({meta['machine']}, Python {meta['python']}; "
-        f"{meta['servers']}). Median of {args.repeat} runs.",
+        f"{meta['servers']}; redis-py parser: {meta['redis_parser']}). "
+        f"Median of {args.repeat} runs.",
         "",
         "| workload | contender | keys/s | p50 µs | p99 µs | note |",
         "|---|---|---:|---:|---:|---|",
