@@ -31,7 +31,7 @@ EVERY_FIELD: dict[str, tuple[str, Any]] = {
     "SECURECACHE_TTL_JITTER": ("0.25", 0.25),
     "SECURECACHE_KEY_PREFIX": ("app-1", "app-1"),
     "SECURECACHE_LISTEN_CHANGES": ("on", True),
-    "SECURECACHE_LOCAL_CACHE_SIZE": ("1000", 1000),
+    "SECURECACHE_LOCAL_CACHE_SIZE": ("0", 0),  # reserved: only 0 until the near cache exists
     "SECURECACHE_LOCAL_CACHE_TTL_SECONDS": ("0.5", 0.5),
     "SECURECACHE_DB_POOL_MIN_SIZE": ("2", 2),
     "SECURECACHE_DB_POOL_MAX_SIZE": ("20", 20),
@@ -172,6 +172,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("SECURECACHE_TTL_JITTER", "1"),
     ("SECURECACHE_TTL_JITTER", "-0.1"),
     ("SECURECACHE_LOCAL_CACHE_SIZE", "-1"),
+    ("SECURECACHE_LOCAL_CACHE_SIZE", "1000"),  # not implemented: refused, not ignored
     ("SECURECACHE_DB_POOL_MIN_SIZE", "-1"),
     ("SECURECACHE_DB_POOL_MAX_SIZE", "0"),
     ("SECURECACHE_DB_TIMEOUT_SECONDS", "0"),

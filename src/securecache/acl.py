@@ -13,9 +13,25 @@ from typing import Final
 
 from securecache.keys import KeyScheme
 
-LIBRARY_COMMANDS: Final = ("get", "mget", "set", "del", "evalsha", "script|load", "ping")
-"""Every Redis command securecache sends (redis-py's HELLO/AUTH need no grant)."""
-CLUSTER_COMMANDS: Final = ("cluster|slots", "cluster|shards", "cluster|nodes", "readonly")
+LIBRARY_COMMANDS: Final = (
+    "get",
+    "mget",
+    "set",
+    "del",
+    "evalsha",
+    "script|load",
+    "ping",
+    "select",
+)
+"""Every Redis command securecache sends (redis-py's HELLO/AUTH need no grant; SELECT is
+sent on connect for a ``redis://host/N`` URL with N other than 0)."""
+CLUSTER_COMMANDS: Final = (
+    "cluster|slots",
+    "cluster|shards",
+    "cluster|nodes",
+    "readonly",
+    "command",
+)
 """The extra commands redis-py's cluster client uses to learn the topology."""
 
 

@@ -17,8 +17,10 @@ deleted as soon as Redis answers again, so no stale value survives an outage.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -81,6 +83,9 @@ INVALIDATE_OLDER_SHA: Final = hashlib.sha1(
 ).hexdigest()
 _SCRIPTS: Final = {CAS_SHA: CAS_SCRIPT, INVALIDATE_OLDER_SHA: INVALIDATE_OLDER_SCRIPT}
 
+REPLAY_CHUNK: Final = 500
+"""Keys per DEL when replaying invalidations owed from an outage."""
+
 STORED: Final = 1
 REFUSED_NEWER: Final = 0
 REFUSED_LEASE: Final = -1
@@ -102,30 +107,44 @@ class CacheWrite:
 
 
 class CircuitBreaker:
-    """Stops calling Redis after repeated failures; lets one probe through after a pause."""
+    """Stops calling Redis after repeated failures; lets one probe through after a pause.
+
+    Closed: every call goes. Open (``failures`` in a row): none goes for
+    ``reset_seconds``. Half-open: one call probes; its success closes the breaker, its
+    failure opens it again, and the others keep falling through to PostgreSQL meanwhile.
+    """
 
     def __init__(self, failures: int, reset_seconds: float) -> None:
         self._threshold = failures
         self._reset = reset_seconds
         self._failures = 0
         self._open_until = 0.0
+        self._probing = False
 
     @property
     def is_open(self) -> bool:
-        return self._failures >= self._threshold and time.monotonic() < self._open_until
+        return self._failures >= self._threshold
 
     def allow(self) -> bool:
-        """True if a call may go to Redis now (closed, or half-open probe time)."""
-        return not self.is_open
+        """True if a call may go to Redis now: closed, or the one probe when half-open."""
+        if self._failures < self._threshold:
+            return True
+        if self._probing or time.monotonic() < self._open_until:
+            return False
+        self._probing = True
+        return True
 
-    def success(self) -> bool:
-        """Record a success; True if this closed a breaker that had tripped."""
-        recovered = self._failures >= self._threshold
+    def success(self) -> None:
         self._failures = 0
-        return recovered
+        self._probing = False
+
+    def abandon(self) -> None:
+        """A call ended without an answer either way (cancelled): let another probe."""
+        self._probing = False
 
     def failure(self) -> None:
         self._failures += 1
+        self._probing = False
         if self._failures >= self._threshold:
             self._open_until = time.monotonic() + self._reset
 
@@ -163,6 +182,7 @@ class RedisCache:
         self._telemetry = telemetry
         self._breaker = breaker
         self._dirty: set[str] = set()
+        self._replaying = asyncio.Lock()
         """Keys whose write-through failed: deleted once Redis answers again."""
 
     @property
@@ -190,6 +210,9 @@ class RedisCache:
                 span.set_attribute("error.type", type(exc).__name__)
                 log.warning("redis %s failed (%s); serving from PostgreSQL", operation, exc)
                 return fallback
+            except BaseException:
+                self._breaker.abandon()  # cancelled: says nothing of Redis, frees the probe
+                raise
         self._breaker.success()
         return result
 
@@ -330,13 +353,14 @@ class RedisCache:
         return done
 
     async def _replay_invalidations(self) -> None:
-        """Delete the keys whose updates were lost while Redis was away (raises if it fails)."""
-        pending = list(self._dirty)
-        # Cluster: one DEL per key, since they span slots; a plain Redis takes them all.
-        if isinstance(self._client, RedisCluster):
-            for key in pending:
-                await self._client.delete(key)
-        else:
-            await self._client.delete(*pending)
-        self._dirty.difference_update(pending)
-        log.info("redis: replayed %d invalidations after an outage", len(pending))
+        """Delete the keys whose updates were lost while Redis was away (raises if it fails).
+
+        One replay at a time (the others wait for it rather than repeat it), in chunks so
+        that no single DEL outlasts the socket timeout.
+        """
+        async with self._replaying:
+            while self._dirty:
+                chunk = list(itertools.islice(self._dirty, REPLAY_CHUNK))
+                await self._client.delete(*chunk)
+                self._dirty.difference_update(chunk)
+                log.info("redis: replayed %d invalidations owed from an outage", len(chunk))

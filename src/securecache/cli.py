@@ -314,13 +314,47 @@ def _stop_signals() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous_int)
 
 
+def _dev_role_passwords(
+    servers: ServerInfo, base_dir: Path | None, out: TextIO
+) -> tuple[str | None, str | None]:
+    """The passwords ``dev`` sets on the writer and reader roles (None: leave it alone).
+
+    Embedded servers are ours: their roles get the passwords kept in the state directory.
+    Roles belong to a whole cluster, though, and those of someone else's server may be what
+    deployed services log in with; there only the passwords given (``SECURECACHE_WRITER_
+    PASSWORD``, ``..._READER_PASSWORD`` or their ``_FILE``) are set, as ``migrate`` does.
+    """
+    if servers.kind == "embedded":
+        kept = role_passwords(servers, base_dir)
+        return kept.writer, kept.reader
+    writer = env_secret(WRITER_PASSWORD_VAR)
+    reader = env_secret(READER_PASSWORD_VAR)
+    left = [
+        (role, var)
+        for role, var, given in (
+            (schema.WRITER_ROLE, WRITER_PASSWORD_VAR, writer),
+            (schema.READER_ROLE, READER_PASSWORD_VAR, reader),
+        )
+        if given is None
+    ]
+    if left:
+        print(
+            f"{' and '.join(r for r, _ in left)}: password left as it is on this server "
+            f"(set {' and '.join(v for _, v in left)} to set it); its URL below has none",
+            file=out,
+        )
+    return writer, reader
+
+
 def prepare_dev(
     servers: ServerInfo, *, seed_count: int, base_dir: Path | None = None, out: TextIO | None = None
 ) -> DevEnvironment:
-    """Migrate (with the service roles' kept passwords) and seed an empty database.
+    """Migrate and seed an empty database.
 
-    On embedded servers the data goes in a database of its own, ``securecache``; on
-    external ones, in the database the URL names.
+    On embedded servers the data goes in a database of its own, ``securecache``, and the
+    service roles get the passwords kept for that server; on external ones, in the database
+    the URL names, and the roles' passwords change only when given (see
+    :func:`_dev_role_passwords`).
     """
     out = out or sys.stdout
     admin_url = servers.admin_url
@@ -332,8 +366,8 @@ def prepare_dev(
             ).fetchone()
             if exists is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEV_DATABASE)))
-    passwords = role_passwords(servers, base_dir)
-    schema.migrate(admin_url, writer_password=passwords.writer, reader_password=passwords.reader)
+    writer, reader = _dev_role_passwords(servers, base_dir, out)
+    schema.migrate(admin_url, writer_password=writer, reader_password=reader)
     with psycopg.connect(admin_url) as conn:
         row = conn.execute("SELECT EXISTS (SELECT FROM securecache.security)").fetchone()
     if row is not None and row[0]:
@@ -343,8 +377,8 @@ def prepare_dev(
     return DevEnvironment(
         servers=servers,
         admin_url=admin_url,
-        writer_url=derive_url(admin_url, user=schema.WRITER_ROLE, password=passwords.writer),
-        reader_url=derive_url(admin_url, user=schema.READER_ROLE, password=passwords.reader),
+        writer_url=derive_url(admin_url, user=schema.WRITER_ROLE, password=writer),
+        reader_url=derive_url(admin_url, user=schema.READER_ROLE, password=reader),
         redis_url=servers.redis_url,
     )
 
@@ -370,11 +404,15 @@ def run_dev(
     ):
         servers = stack.enter_context(resolve_servers(settings, base_dir=base_dir))
         env = prepare_dev(servers, seed_count=seed_count, base_dir=base_dir, out=out)
+        # In full for embedded servers (local, generated, and what a developer connects
+        # with); without passwords for servers of someone else's, whose secrets a terminal
+        # or a CI log must not show.
+        shown = (lambda url: url) if servers.kind == "embedded" else _redacted
         print(servers.describe(), file=out)
-        print(f"  admin  (migrations, loads): {env.admin_url}", file=out)
-        print(f"  writer (internal API):      {env.writer_url}", file=out)
-        print(f"  reader (public API):        {env.reader_url}", file=out)
-        print(f"  redis:                      {env.redis_url}", file=out)
+        print(f"  admin  (migrations, loads): {shown(env.admin_url)}", file=out)
+        print(f"  writer (internal API):      {shown(env.writer_url)}", file=out)
+        print(f"  reader (public API):        {shown(env.reader_url)}", file=out)
+        print(f"  redis:                      {shown(env.redis_url)}", file=out)
         if serve:
             stack.enter_context(
                 serve_apis(

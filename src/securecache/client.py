@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import secrets
@@ -13,7 +14,14 @@ import attrs
 from opentelemetry import metrics, trace
 
 from securecache.cache import CircuitBreaker, RedisCache, connect
-from securecache.errors import ConfigurationError, SecureCacheError, ValidationError
+from securecache.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    SecureCacheError,
+    ValidationError,
+)
 from securecache.keys import KeyScheme, Kind
 from securecache.listener import ChangeListener
 from securecache.models import Page, Score, ScoreUpdate, Security, validate_id, validate_ids
@@ -33,6 +41,8 @@ def encode_cursor(last_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     """The id a cursor points after; a malformed cursor is a ValidationError."""
+    if not isinstance(cursor, str):
+        raise ValidationError("cursor must be a string this API returned", field="cursor")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         return validate_id(raw, "cursor")
@@ -119,11 +129,16 @@ class Scores:
         for update in updates.values():
             if not isinstance(update, ScoreUpdate):
                 raise ValidationError("scores are written as ScoreUpdate values")
-        for version in (if_versions or {}).values():
-            if version is not None and (
-                isinstance(version, bool) or not isinstance(version, int) or version < 1
-            ):
-                raise ValidationError("if_version must be an integer >= 1", field="if_version")
+        if if_versions is not None:
+            if not isinstance(if_versions, Mapping) or not set(if_versions) <= set(updates):
+                raise ValidationError(
+                    "if_versions must map ids of this batch to versions", field="if_version"
+                )
+            for version in if_versions.values():
+                if version is not None and (
+                    isinstance(version, bool) or not isinstance(version, int) or version < 1
+                ):
+                    raise ValidationError("if_version must be an integer >= 1", field="if_version")
         with self._telemetry.call_span("securecache scores.put") as span:
             span.set_attribute("securecache.ids", len(updates))
             ids = list(updates)
@@ -131,11 +146,23 @@ class Scores:
             await self._reads.reserve(ids, token)
             try:
                 writes = await self._store.upsert_scores(updates, if_versions)
-            except BaseException:
-                await self._reads.release(ids)
+            except _NOT_WRITTEN:
+                await self._reads.release(ids)  # nothing changed: the cached values stand
                 raise
-            await self._reads.write_through([w.score for w in writes.values()], token)
+            except BaseException:
+                # Cancelled, or the commit's outcome is unknown (the connection dropped): it
+                # may have landed, so the cached values may be stale. Drop them.
+                await asyncio.shield(self._reads.discard(ids))
+                raise
+            # Shielded: a caller cancelled now must not leave the old value cached.
+            await asyncio.shield(
+                self._reads.write_through([w.score for w in writes.values()], token)
+            )
             return writes
+
+
+_NOT_WRITTEN = (ConflictError, NotFoundError, PermissionDeniedError, ValidationError)
+"""Failures after which PostgreSQL certainly changed nothing."""
 
 
 class SecureCache:
@@ -253,21 +280,8 @@ class SecureCache:
     async def invalidate(self, security_id: str) -> None:
         """Drop the cached security and score of ``security_id`` (and void fills in flight)."""
         validate_id(security_id)
-        if self._cache is None:
-            return
-        for reads in self._reads:
-            reads.forget([security_id])
         with self._telemetry.call_span("securecache invalidate"):
-            await self._cache.delete(
-                [
-                    key
-                    for kind in Kind
-                    for key in (
-                        self._keys.value(kind, security_id),
-                        self._keys.lease(kind, security_id),
-                    )
-                ]
-            )
+            await asyncio.gather(*(reads.discard([security_id]) for reads in self._reads))
 
     async def health(self) -> Health:
         """Whether PostgreSQL answers and in what state Redis is (for readiness probes)."""

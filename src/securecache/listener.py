@@ -57,6 +57,7 @@ class ChangeListener:
         self._floor_ttl_ms = floor_ttl_ms
         self._task: asyncio.Task[None] | None = None
         self._alive_at: datetime | None = None
+        self._failures = 0
         self.connected = asyncio.Event()
         """Set while LISTEN is in place (tests and readiness wait on it)."""
         self.applied = 0
@@ -76,7 +77,6 @@ class ChangeListener:
             self._task = None
 
     async def _run(self) -> None:
-        failures = 0
         while True:
             try:
                 await self._listen()
@@ -84,12 +84,10 @@ class ChangeListener:
                 raise
             except Exception as exc:  # any failure: reconnect, never die
                 self.connected.clear()
-                delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
-                failures += 1
+                delay = RECONNECT_SECONDS[min(self._failures, len(RECONNECT_SECONDS) - 1)]
+                self._failures += 1
                 log.warning("change listener disconnected (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-            else:
-                failures = 0
 
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
@@ -99,6 +97,7 @@ class ChangeListener:
                 await self._catch_up(conn, self._alive_at - self._margin)
             self._alive_at = now
             self.connected.set()
+            self._failures = 0  # a healthy connection: the next outage starts the backoff anew
             while True:
                 async for notify in conn.notifies(timeout=HEARTBEAT_SECONDS):
                     await self._apply([_parse(notify.payload)])

@@ -120,26 +120,28 @@ class ReadThrough(Generic[R]):
 
     async def _load(self, batch: dict[str, asyncio.Future[tuple[R | None, str]]]) -> None:
         try:
-            results, sources = await self._read_through(list(batch))
+            await self._read_through(batch)
         except BaseException as exc:
+            # Only the ids still waiting get the error: values already served from Redis
+            # stand, so cached reads keep working while PostgreSQL is down.
             for future in batch.values():
                 if not future.done():
                     future.set_exception(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-        else:
-            for id_, future in batch.items():
-                if not future.done():
-                    future.set_result((results.get(id_), sources[id_]))
         finally:
             for id_, future in batch.items():
                 if self._inflight.get(id_) is future:
                     del self._inflight[id_]
 
-    async def _read_through(self, ids: list[str]) -> tuple[dict[str, R], dict[str, str]]:
-        """Redis first; the misses from PostgreSQL in one query; then fill under leases."""
-        found: dict[str, R] = {}
-        sources: dict[str, str] = {}
+    async def _read_through(self, batch: dict[str, asyncio.Future[tuple[R | None, str]]]) -> None:
+        """Redis first; the misses from PostgreSQL in one query; then fill under leases.
+
+        Hits are resolved right after the MGET, so a PostgreSQL failure reaches only the
+        misses; misses are resolved once their fill is done (a caller that next looks in
+        Redis finds the value there).
+        """
+        ids = list(batch)
         misses: list[str] = []
         corrupt: dict[str, bytes] = {}
         value_keys = [self._keys.value(self._kind, i) for i in ids]
@@ -147,10 +149,9 @@ class ReadThrough(Generic[R]):
         for id_, raw in zip(ids, raws, strict=True):
             entry = codec.decode_entry(self._type, raw)
             if entry is codec.ABSENT:
-                sources[id_] = "absent"
+                _resolve(batch[id_], None, "absent")
             elif isinstance(entry, self._type):
-                found[id_] = entry
-                sources[id_] = "redis"
+                _resolve(batch[id_], entry, "redis")
             else:
                 if entry is codec.CORRUPT and raw is not None:
                     corrupt[id_] = raw
@@ -160,7 +161,7 @@ class ReadThrough(Generic[R]):
         attrs = {"securecache.kind": str(self._kind)}
         self._telemetry.hits.add(len(ids) - len(misses), attrs)
         if not misses:
-            return found, sources
+            return
         self._telemetry.misses.add(len(misses), attrs)
 
         # The lease is taken *before* reading PostgreSQL: whatever empties the key from now
@@ -176,9 +177,6 @@ class ReadThrough(Generic[R]):
         writes = []
         for id_, lease_key, ok in zip(misses, leases, granted, strict=True):
             record = rows.get(id_)
-            sources[id_] = "postgres" if record is not None else "absent"
-            if record is not None:
-                found[id_] = record
             if ok:
                 writes.append(
                     CacheWrite(
@@ -193,7 +191,9 @@ class ReadThrough(Generic[R]):
         if writes and self._cache:
             outcomes = await self._cache.compare_and_set(writes, token)
             self._count_writes(outcomes)
-        return found, sources
+        for id_ in misses:
+            record = rows.get(id_)
+            _resolve(batch[id_], record, "postgres" if record is not None else "absent")
 
     def _count_writes(self, outcomes: Sequence[int]) -> None:
         attrs = {"securecache.kind": str(self._kind)}
@@ -240,8 +240,28 @@ class ReadThrough(Generic[R]):
             for r in records
         ]
         outcomes = await self._cache.compare_and_set(writes, token, write_through=True)
+        # A get that started while the cache write was in flight may have read the old
+        # entry: gets issued from now on must not join it.
+        self.forget([self._id(r) for r in records])
         self._count_writes(outcomes)
         return outcomes
+
+    async def discard(self, ids: Sequence[str]) -> None:
+        """Drop the cached entries of ``ids`` and void fills in flight (their leases).
+
+        Loads in flight in this process are detached before and after, so no get issued
+        after this returns shares one that read the old entry.
+        """
+        self.forget(ids)
+        if self._cache is not None:
+            await self._cache.delete(
+                [
+                    key
+                    for i in ids
+                    for key in (self._keys.value(self._kind, i), self._keys.lease(self._kind, i))
+                ]
+            )
+            self.forget(ids)
 
     def forget(self, ids: Sequence[str]) -> None:
         """Let later gets of ``ids`` start a new load instead of joining one in flight."""
@@ -256,6 +276,11 @@ class ReadThrough(Generic[R]):
         """Wait for loads in flight (their callers are waiting on them anyway)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _resolve(future: asyncio.Future[tuple[R | None, str]], record: R | None, source: str) -> None:
+    if not future.done():
+        future.set_result((record, source))
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -195,8 +195,13 @@ def _migrate_once(admin_url: str, writer_password: str | None, reader_password: 
         conn.execute(_database_grants(dbname[0]))
         for role, password in ((WRITER_ROLE, writer_password), (READER_ROLE, reader_password)):
             if password is not None:
+                # Send a SCRAM verifier, never the password itself: statements can end up in
+                # the server's log or in pg_stat_statements.
+                verifier = conn.pgconn.encrypt_password(
+                    password.encode(), role.encode(), b"scram-sha-256"
+                ).decode()
                 conn.execute(
                     sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                        sql.Identifier(role), sql.Literal(password)
+                        sql.Identifier(role), sql.Literal(verifier)
                     )
                 )

@@ -40,14 +40,17 @@ _LIST_SECURITIES: Final = (
     " WHERE %(after)s::text IS NULL OR id > %(after)s ORDER BY id LIMIT %(limit)s"
 )
 # (xmax = 0) is true only for a freshly inserted row: it tells created from updated.
-_UPSERT_SCORE: Final = f"""
+_UPSERT_SCORES: Final = f"""
 INSERT INTO securecache.score AS s (security_id, growth, value, quality, momentum)
-VALUES (%s, %s, %s, %s, %s)
+SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], %s::float8[])
+ORDER BY 1
 ON CONFLICT (security_id) DO UPDATE
 SET growth = EXCLUDED.growth, value = EXCLUDED.value,
     quality = EXCLUDED.quality, momentum = EXCLUDED.momentum
 RETURNING {_SCORE_COLUMNS}, (xmax = 0) AS created
 """  # noqa: S608
+_ATTEMPTS: Final = 3
+"""Tries of a write transaction that lost a deadlock or serialization conflict."""
 _UPDATE_SCORE_IF_VERSION: Final = f"""
 UPDATE securecache.score
 SET growth = %s, value = %s, quality = %s, momentum = %s
@@ -105,6 +108,9 @@ class Store:
             max_size=max(max_size, min_size, 1),
             timeout=timeout,
             open=False,
+            # A connection that died with a restarted server is replaced on checkout
+            # instead of failing one request.
+            check=AsyncConnectionPool.check_connection,
             # Autocommit: each read is one statement; writes open explicit transactions.
             kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
             name="securecache",
@@ -158,13 +164,6 @@ class Store:
             cur = await conn.execute(_LIST_SECURITIES, {"after": after, "limit": limit})
             return [_security(row) for row in await cur.fetchall()]
 
-    async def upsert_score(
-        self, security_id: str, update: ScoreUpdate, if_version: int | None = None
-    ) -> ScoreWrite:
-        """Insert or update one score and commit; the returned row is what was committed."""
-        writes = await self.upsert_scores({security_id: update}, {security_id: if_version})
-        return writes[security_id]
-
     async def upsert_scores(
         self,
         updates: Mapping[str, ScoreUpdate],
@@ -173,13 +172,28 @@ class Store:
         """Write many scores in one transaction: all are committed, or none."""
         if_versions = if_versions or {}
         results: dict[str, ScoreWrite] = {}
+        # Rows are written in id order, so two batches over the same ids lock them in the
+        # same order and cannot deadlock each other.
+        conditional = {i: v for i in sorted(updates) if (v := if_versions.get(i)) is not None}
+        plain = sorted(i for i in updates if i not in conditional)
         async with self._connection("UPSERT", "score") as conn:
             try:
-                async with conn.transaction():
-                    for security_id, update in updates.items():
-                        results[security_id] = await self._write_one(
-                            conn, security_id, update, if_versions.get(security_id)
-                        )
+                for attempt in range(1, _ATTEMPTS + 1):
+                    try:
+                        async with conn.transaction():
+                            for security_id, version in conditional.items():
+                                results[security_id] = await self._write_one(
+                                    conn, security_id, updates[security_id], version
+                                )
+                            if plain:
+                                results.update(await self._write_many(conn, plain, updates))
+                        break
+                    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
+                        # A deadlock or serialization failure with another writer: the
+                        # transaction rolled back whole, so running it again is safe.
+                        if attempt == _ATTEMPTS:
+                            raise
+                        results.clear()
             except pg_errors.ForeignKeyViolation as exc:
                 missing = await self._first_unknown(conn, list(updates))
                 raise NotFoundError(
@@ -193,24 +207,37 @@ class Store:
                 raise ValidationError(
                     f"rejected by the database: {exc.diag.message_primary}"
                 ) from exc
-        return results
+        return {i: results[i] for i in updates}
+
+    async def _write_many(
+        self, conn: psycopg.AsyncConnection[Any], ids: list[str], updates: Mapping[str, ScoreUpdate]
+    ) -> dict[str, ScoreWrite]:
+        """Upsert many scores in one statement (one round trip, whatever the batch size)."""
+        columns = [
+            ids,
+            [updates[i].growth for i in ids],
+            [updates[i].value for i in ids],
+            [updates[i].quality for i in ids],
+            [updates[i].momentum for i in ids],
+        ]
+        cur = await conn.execute(_UPSERT_SCORES, columns)
+        return {
+            row[0]: ScoreWrite(score=_score(row), created=bool(row[7]))
+            for row in await cur.fetchall()
+        }
 
     async def _write_one(
         self,
         conn: psycopg.AsyncConnection[Any],
         security_id: str,
         update: ScoreUpdate,
-        if_version: int | None,
+        if_version: int,
     ) -> ScoreWrite:
+        """Update one score only if it is at ``if_version`` (a conditional write)."""
         values = (update.growth, update.value, update.quality, update.momentum)
-        if if_version is None:
-            cur = await conn.execute(_UPSERT_SCORE, (security_id, *values))
-        else:
-            cur = await conn.execute(_UPDATE_SCORE_IF_VERSION, (*values, security_id, if_version))
+        cur = await conn.execute(_UPDATE_SCORE_IF_VERSION, (*values, security_id, if_version))
         row = await cur.fetchone()
-        if row is None:
-            # Only a conditional update can match nothing: find out why.
-            assert if_version is not None
+        if row is None:  # matched nothing: find out why
             current = await (await conn.execute(_CURRENT_SCORE_VERSION, (security_id,))).fetchone()
             if current is None:
                 raise NotFoundError(f"unknown security {security_id!r}", security_id=security_id)
