@@ -22,6 +22,8 @@ ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 SCORE_MIN: Final = 0.0
 SCORE_MAX: Final = 10.0
 SCORE_FIELDS: Final = ("growth", "value", "quality", "momentum")
+CONTROL_CHARACTERS: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""Unicode category Cc: refused in names, symbols and exchanges (here and in SQL)."""
 TEXT_MAX: Final = 256
 """Longest name, symbol or exchange accepted (keeps cache entries and pages bounded)."""
 
@@ -59,12 +61,17 @@ def validate_score_value(value: object, field: str) -> float:
 
 
 def validate_text(value: object, field: str) -> str:
-    """A name, symbol or exchange: non-blank printable text of bounded length."""
-    if not isinstance(value, str) or not value.strip():
+    """A name, symbol or exchange: 1 to 256 characters, not only spaces, no control characters.
+
+    The same rule as the database's CHECK constraints, to the character: a row written by
+    any other system is then always one the library can serve.
+    """
+    if not isinstance(value, str) or not value.strip(" "):
         raise ValidationError(f"{field} must be non-empty text", field=field)
-    if len(value) > TEXT_MAX or not value.isprintable():
+    if len(value) > TEXT_MAX or CONTROL_CHARACTERS.search(value):
         raise ValidationError(
-            f"{field} must be printable text of at most {TEXT_MAX} characters", field=field
+            f"{field} must be at most {TEXT_MAX} characters, with no control characters",
+            field=field,
         )
     return value
 

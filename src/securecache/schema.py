@@ -24,6 +24,15 @@ CHANNEL: Final = "securecache_changes"
 _LOCK_KEY: Final = 0x5EC0CAC4E
 _ATTEMPTS: Final = 5
 
+
+def _text_rule(column: str) -> str:
+    """The SQL twin of ``models.validate_text``: 1-256 characters, not only spaces, no Cc."""
+    return (
+        f"length({column}) BETWEEN 1 AND 256 AND btrim({column}) <> '' "
+        f"AND {column} !~ '[\\x01-\\x1f\\x7f-\\x9f]'"
+    )
+
+
 _ROLES: Final = f"""
 DO $$
 BEGIN
@@ -59,9 +68,9 @@ SET ROLE {OWNER_ROLE};
 -- (ORDER BY id) is stable and served by the primary key's index.
 CREATE TABLE IF NOT EXISTS {SCHEMA}.security (
     id          text COLLATE "C" PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{{0,63}}$'),
-    name        text NOT NULL CHECK (length(btrim(name)) BETWEEN 1 AND 256),
-    symbol      text NOT NULL CHECK (length(btrim(symbol)) BETWEEN 1 AND 256),
-    exchange    text NOT NULL CHECK (length(btrim(exchange)) BETWEEN 1 AND 256),
+    name        text NOT NULL CONSTRAINT security_name_valid CHECK ({_text_rule("name")}),
+    symbol      text NOT NULL CONSTRAINT security_symbol_valid CHECK ({_text_rule("symbol")}),
+    exchange    text NOT NULL CONSTRAINT security_exchange_valid CHECK ({_text_rule("exchange")}),
     version     bigint NOT NULL DEFAULT 1,
     updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
@@ -76,6 +85,22 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.score (
     version     bigint NOT NULL DEFAULT 1,
     updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+
+-- Databases migrated before the text rules matched the library's get them now.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_constraint WHERE conname = 'security_name_check'
+               AND conrelid = '{SCHEMA}.security'::regclass) THEN
+        ALTER TABLE {SCHEMA}.security
+            DROP CONSTRAINT security_name_check,
+            DROP CONSTRAINT IF EXISTS security_symbol_check,
+            DROP CONSTRAINT IF EXISTS security_exchange_check,
+            ADD CONSTRAINT security_name_valid CHECK ({_text_rule("name")}),
+            ADD CONSTRAINT security_symbol_valid CHECK ({_text_rule("symbol")}),
+            ADD CONSTRAINT security_exchange_valid CHECK ({_text_rule("exchange")});
+    END IF;
+END
+$$;
 
 -- For the change listener's catch-up after a reconnect ("what changed since T?").
 CREATE INDEX IF NOT EXISTS security_updated_at_idx ON {SCHEMA}.security (updated_at);
