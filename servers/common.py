@@ -11,6 +11,9 @@ typed errors map to statuses here, in one place, so both APIs answer alike:
   for an unknown security).
 - 412 ``urn:securecache:problem:version-mismatch``: ``ConflictError`` (a stale If-Match).
 - 503 ``urn:securecache:problem:unavailable`` with ``Retry-After``: ``UnavailableError``.
+- 500 ``about:blank`` saying the service is misconfigured: ``PermissionDeniedError`` (the
+  database role may not do what the API does, e.g. the internal API run as the reader),
+  logged at ERROR once, without a traceback: the deployment is at fault, not the request.
 - ``about:blank`` (the title is the status phrase) for plain HTTP failures: 404 unknown
   route, 405 wrong method, 401 no or bad token, 413 body too large, 415 not JSON, and 500
   for anything unforeseen, which says no more than that it was logged.
@@ -40,11 +43,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ExceptionHandler, Receive, Scope, Send
+from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from securecache import (
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     SecureCache,
     Settings,
     UnavailableError,
@@ -145,6 +149,9 @@ def problem_for(exc: Exception) -> Problem:
             title="Service unavailable",
             headers={"Retry-After": str(retry_after)},
         )
+    if isinstance(exc, PermissionDeniedError):
+        # The role's grants are the operators' business: the client learns nothing of them.
+        return Problem(500, "the service is misconfigured and cannot do this; it has been logged")
     return Problem(500, "an unexpected error occurred; it has been logged")
 
 
@@ -181,6 +188,13 @@ def _on_error(request: Request, exc: Exception) -> Response:
     return problem_response(request, problem_for(exc))
 
 
+def _on_misconfigured(request: Request, exc: Exception) -> Response:
+    # Answered here, not re-raised as an unexpected error is: this record is the only one,
+    # and a traceback would point at code that did nothing wrong.
+    log.error("%s %s: the service is misconfigured: %s", request.method, request.url.path, exc)
+    return problem_response(request, problem_for(exc))
+
+
 def _on_unexpected(request: Request, exc: Exception) -> Response:
     # Starlette re-raises after this response, so the server logs the traceback once; the
     # client sees no internals.
@@ -194,6 +208,7 @@ EXCEPTION_HANDLERS: Final[Mapping[Any, ExceptionHandler]] = {
     NotFoundError: _on_error,
     ConflictError: _on_error,
     UnavailableError: _on_error,
+    PermissionDeniedError: _on_misconfigured,
     Exception: _on_unexpected,
 }
 
@@ -383,6 +398,47 @@ def _span_details(
     return details
 
 
+class _CurrentTracing:
+    """The tracer provider requests are traced with: the caller's, or the one the lifespan
+    built, for as long as it runs (None before and after: such requests go untraced)."""
+
+    def __init__(self, provider: trace.TracerProvider | None) -> None:
+        self.provider = provider
+
+
+class _RequestSpans:
+    """ASGI middleware: OpenTelemetry's server spans, from the provider current at the time.
+
+    OpenTelemetryMiddleware takes its provider when it is built, which Starlette does before
+    the lifespan has made one; so it is built here, for each new provider, on its first
+    request.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, current: _CurrentTracing, routes: Sequence[BaseRoute]
+    ) -> None:
+        self.app = app
+        self._current = current
+        self._excluded_urls = get_excluded_urls("ASGI")
+        self._span_details = _span_details(routes)
+        self._traced: tuple[trace.TracerProvider, ASGIApp] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        provider = self._current.provider
+        if provider is None or scope["type"] not in {"http", "websocket"}:
+            await self.app(scope, receive, send)
+            return
+        if self._traced is None or self._traced[0] is not provider:
+            middleware = OpenTelemetryMiddleware(
+                self.app,
+                tracer_provider=provider,
+                excluded_urls=self._excluded_urls,
+                default_span_details=self._span_details,
+            )
+            self._traced = (provider, middleware)
+        await self._traced[1](scope, receive, send)
+
+
 def build_app(
     *,
     routes: Sequence[BaseRoute],
@@ -397,12 +453,13 @@ def build_app(
     ``settings`` None reads the environment at startup, not here, so importing a server module
     needs no configuration. ``on_startup`` checks the settings (and may keep derived state on
     ``app.state``); it runs at once for settings given here, so mistakes surface early.
+
+    ``tracer_provider`` None builds one from ``OTEL_*`` when the lifespan starts and shuts it
+    down (its spans flushed) when the lifespan ends: an OTLP exporter runs a thread, which
+    importing a module or creating an app must not start. A provider given is the caller's:
+    it is flushed at the end, never shut down.
     """
-    tracing = (
-        Tracing(tracer_provider, "tracing with the provider the caller gave")
-        if tracer_provider is not None
-        else tracing_from_env(default_service_name)
-    )
+    current = _CurrentTracing(tracer_provider)
     all_routes: list[BaseRoute] = [
         *routes,
         Route("/healthz", healthz, methods=["GET"]),
@@ -416,24 +473,34 @@ def build_app(
         if on_startup is not None:
             on_startup(app, resolved)
         if tracer_provider is None:
+            tracing = tracing_from_env(default_service_name)
             log.info("%s", tracing.description)
-        async with SecureCache(resolved, tracer_provider=tracing.provider) as cache:
-            app.state.cache = cache
-            try:
-                yield
-            finally:
-                # Requests still arriving after this get a 503 instead of a closed pool.
-                app.state.cache = None
-        tracing.flush()
+        else:
+            tracing = Tracing(tracer_provider, "tracing with the provider the caller gave")
+        current.provider = tracing.provider
+        try:
+            async with SecureCache(resolved, tracer_provider=tracing.provider) as cache:
+                app.state.cache = cache
+                try:
+                    yield
+                finally:
+                    # Requests still arriving after this get a 503 instead of a closed pool.
+                    app.state.cache = None
+        finally:
+            # In a thread: exporting may wait on the collector, and other apps share the loop.
+            if tracer_provider is None:
+                current.provider = None
+                await asyncio.to_thread(tracing.shutdown)
+            else:
+                await asyncio.to_thread(tracing.flush)
 
     app = Starlette(
         routes=all_routes,
         middleware=[
             Middleware(
-                OpenTelemetryMiddleware,
-                tracer_provider=tracing.provider,
-                excluded_urls=get_excluded_urls("ASGI"),
-                default_span_details=_span_details(all_routes),
+                _RequestSpans,
+                current=current,
+                routes=all_routes,
             )
         ],
         exception_handlers=EXCEPTION_HANDLERS,

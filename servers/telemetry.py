@@ -35,9 +35,15 @@ class Tracing:
     description: str
 
     def flush(self) -> None:
-        """Push out spans still buffered (at shutdown; the SDK's atexit hook closes exporters)."""
+        """Push out spans still buffered, leaving the provider usable (one the caller owns)."""
         if isinstance(self.provider, TracerProvider):
             self.provider.force_flush()
+
+    def shutdown(self) -> None:
+        """Push out spans still buffered and stop the exporters and their threads (for a
+        provider :func:`tracing_from_env` built, once the application is done with it)."""
+        if isinstance(self.provider, TracerProvider):
+            self.provider.shutdown()
 
 
 def _true(value: str | None) -> bool:
@@ -50,7 +56,9 @@ def tracing_from_env(default_service_name: str) -> Tracing:
     ``service.name`` comes from ``OTEL_SERVICE_NAME`` (or ``OTEL_RESOURCE_ATTRIBUTES``), else
     ``default_service_name``, so that two APIs in one process stay apart in a trace viewer.
     The provider is not made global: each application passes its own to its middleware and
-    its :class:`~securecache.SecureCache`.
+    its :class:`~securecache.SecureCache`. With an OTLP endpoint this starts an exporting
+    thread, so the servers call it when their lifespan starts, never at import, and
+    :meth:`Tracing.shutdown` it when the lifespan ends.
     """
     env = os.environ
     if _true(env.get("OTEL_SDK_DISABLED")):

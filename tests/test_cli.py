@@ -15,20 +15,25 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from fix_servers import Database, EmptyDatabase, state_base
+from fix_servers import _MIGRATE_LOCK, Database, EmptyDatabase, state_base
+from securecache import schema
 from securecache.cli import main
 from securecache.dev import (
     RolePasswords,
     ServerInfo,
+    derive_url,
     free_port,
     leftover_processes,
     role_passwords,
 )
 from securecache.seed import EXCHANGES
+from securecache.settings import redact_url
 
 HEADER = "id,name,symbol,exchange\n"
 
@@ -239,6 +244,36 @@ def url_after(label: str, text: str) -> str:
     return match.group(1)
 
 
+def server_secrets(servers: ServerInfo, passwords: RolePasswords) -> list[str]:
+    """Every password the servers' and roles' URLs hold (none may be printed for them)."""
+    found = [
+        conninfo_to_dict(servers.admin_url).get("password"),
+        urlsplit(servers.redis_url).password,
+        passwords.writer,
+        passwords.reader,
+    ]
+    return [str(secret) for secret in found if secret]
+
+
+def role_verifiers(servers: ServerInfo) -> list[tuple[Any, ...]]:
+    """The service roles' password verifiers, as the administrator reads them."""
+    with psycopg.connect(servers.admin_url) as conn:
+        return conn.execute(
+            "SELECT rolname, rolpassword FROM pg_authid "
+            "WHERE rolname IN ('securecache_writer', 'securecache_reader') ORDER BY 1"
+        ).fetchall()
+
+
+@pytest.fixture
+def roles_to_ourselves(servers: ServerInfo) -> Iterator[None]:
+    """No session migrates its database (and so sets the roles' passwords) during the test:
+    they take turns through the advisory lock fix_servers holds while migrating."""
+    with psycopg.connect(servers.admin_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
+        yield
+
+
+@pytest.mark.usefixtures("roles_to_ourselves")
 def test_dev_on_given_servers_migrates_seeds_once_and_exits(
     empty_database: EmptyDatabase,
     servers: ServerInfo,
@@ -246,11 +281,15 @@ def test_dev_on_given_servers_migrates_seeds_once_and_exits(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`dev --exit-after-setup --serve` with both URLs set: no server started, data in, the
-    APIs up on the given ports and down again, exit 0; a second run seeds nothing."""
+    """`dev --exit-after-setup --serve` with both URLs and the roles' passwords set: no
+    server started, data in, the APIs up on the given ports and down again, exit 0, the URLs
+    printed without their passwords; a second run seeds nothing."""
+    passwords = role_passwords(servers, state_base(pytestconfig))
     env = cli_env(
         SECURECACHE_DATABASE_URL=empty_database.admin_url,
         SECURECACHE_REDIS_URL=servers.redis_url,
+        SECURECACHE_WRITER_PASSWORD=passwords.writer,
+        SECURECACHE_READER_PASSWORD=passwords.reader,
     )
     args = ["dev", "--exit-after-setup", "--serve", "--seed-count", "30"]
     args += ["--state-dir", str(state_base(pytestconfig))]
@@ -262,9 +301,15 @@ def test_dev_on_given_servers_migrates_seeds_once_and_exits(
     assert re.search(r"^public API   http://127\.0\.0\.1:\d+", first.stdout, re.MULTILINE)
     assert re.search(r"^internal API http://127\.0\.0\.1:\d+", first.stdout, re.MULTILINE)
     assert first.stdout.rstrip().endswith("stopped.")
-    assert url_after("redis", first.stdout) == servers.redis_url
-    reader_url = url_after("reader", first.stdout)
-    assert "securecache_reader" in reader_url
+    assert "left as they are" not in first.stdout
+    assert url_after("admin", first.stdout) == redact_url(empty_database.admin_url)
+    assert url_after("redis", first.stdout) == redact_url(servers.redis_url)
+    reader_url = derive_url(
+        empty_database.admin_url, user=schema.READER_ROLE, password=passwords.reader
+    )
+    assert url_after("reader", first.stdout) == redact_url(reader_url)
+    for secret in server_secrets(servers, passwords):
+        assert secret not in first.stdout
     with psycopg.connect(reader_url) as conn:
         assert conn.execute("SELECT count(*) FROM securecache.security").fetchone() == (30,)
 
@@ -274,6 +319,41 @@ def test_dev_on_given_servers_migrates_seeds_once_and_exits(
     second = call(capsys, *args)
     assert second.returncode == 0, second.stderr
     assert "securities present: no demo data added" in second.stdout
+
+
+@pytest.mark.usefixtures("roles_to_ourselves")
+def test_dev_on_given_servers_leaves_the_role_passwords_alone(
+    empty_database: EmptyDatabase,
+    servers: ServerInfo,
+    pytestconfig: pytest.Config,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without SECURECACHE_WRITER_PASSWORD / _READER_PASSWORD, `dev` on servers it was given
+    migrates but keeps the roles' passwords (deployed services may log in with them), says
+    so, and prints role URLs without a password and no secret at all."""
+    for role in ("WRITER", "READER"):
+        monkeypatch.delenv(f"SECURECACHE_{role}_PASSWORD", raising=False)
+        monkeypatch.delenv(f"SECURECACHE_{role}_PASSWORD_FILE", raising=False)
+    before = role_verifiers(servers)
+    result = call(
+        capsys,
+        *("dev", "--exit-after-setup", "--seed-count", "3"),
+        *("--database-url", empty_database.admin_url, "--redis-url", servers.redis_url),
+        *("--state-dir", state_base(pytestconfig)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert role_verifiers(servers) == before
+    assert (
+        "role passwords left as they are on this server: securecache_writer, securecache_reader"
+        in result.stdout
+    )
+    assert "demo data: securities: 3 inserted" in result.stdout
+    for label, role in (("writer", schema.WRITER_ROLE), ("reader", schema.READER_ROLE)):
+        assert url_after(label, result.stdout) == derive_url(empty_database.admin_url, user=role)
+    passwords = role_passwords(servers, state_base(pytestconfig))
+    for secret in server_secrets(servers, passwords):
+        assert secret not in result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -323,6 +403,7 @@ def test_dev_on_embedded_servers_serves_until_stopped(
     try:
         shown = read_until(process, "Ctrl-C stops everything.")
         assert "(embedded)" in shown
+        assert "***" not in shown  # its own local servers: the URLs in full, to use
         with psycopg.connect(url_after("reader", shown)) as conn:
             assert conn.execute("SELECT count(*) FROM securecache.security").fetchone() == (20,)
         assert leftover_processes(dev_state / "dev") != []

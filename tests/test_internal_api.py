@@ -3,6 +3,7 @@ and proof that a rejected request writes nothing."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -551,6 +552,56 @@ async def test_writes_while_postgresql_is_down_are_503(key_prefix: str) -> None:
         items = {"items": [{"security_id": "SEC1", **SCORE}]}
         assert_problem(await http.post("/scores/batch", json=items), 503)
         assert_problem(await http.get("/scores", params={"ids": "SEC1"}), 503)
+
+
+@pytest.fixture
+async def as_reader(
+    database: Any, servers: ServerInfo, key_prefix: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The internal app started, by mistake, with the reader's database URL; a client of it
+    that sends the bearer token."""
+    settings = internal_settings(database, servers, key_prefix)
+    app = internal_api.create_app(
+        settings.with_changes(database_url=database.reader_url),
+        tracer_provider=trace.NoOpTracerProvider(),
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://i", headers=AUTH
+        ) as http,
+    ):
+        yield http
+
+
+async def test_a_role_that_may_not_write_is_a_500_naming_the_setup(
+    as_reader: httpx.AsyncClient,
+    make_securities: MakeSecurities,
+    admin_conn: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Run as the reader, a PUT or batch write is a 500 problem that says the service is
+    misconfigured (no role, SQL or traceback shown), logged once each at ERROR; and nothing
+    is written."""
+    (sid,) = make_securities(1, with_scores=True)
+    before = db_row(admin_conn, sid)
+    caplog.set_level(logging.INFO, logger="securecache.servers")
+    responses = [
+        await as_reader.put(f"/scores/{sid}", json=SCORE),
+        await as_reader.post("/scores/batch", json={"items": [{"security_id": sid, **SCORE}]}),
+    ]
+    for response in responses:
+        body = assert_problem(response, 500)
+        assert body["type"] == "about:blank"
+        assert "misconfigured" in body["detail"]
+        assert set(body) == {"type", "title", "status", "detail", "instance"}
+        for internal in ("securecache_reader", "role", "insert", "read-only", "permission"):
+            assert internal not in response.text.lower()
+    logged = [r for r in caplog.records if r.name == "securecache.servers"]
+    assert [r.levelno for r in logged] == [logging.ERROR, logging.ERROR]
+    assert all("misconfigured" in r.getMessage() and r.exc_info is None for r in logged)
+    assert "may not write scores" in logged[0].getMessage()
+    assert db_row(admin_conn, sid) == before
 
 
 async def test_a_write_is_visible_through_the_public_api_at_once(

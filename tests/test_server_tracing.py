@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +27,7 @@ from servers.telemetry import INTERNAL_SERVICE_NAME, PUBLIC_SERVICE_NAME, tracin
 
 MakeSecurities = Callable[..., list[str]]
 TOKEN = "trace-token"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -190,3 +198,117 @@ def test_tracing_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     tracing = tracing_from_env(PUBLIC_SERVICE_NAME)
     assert not isinstance(tracing.provider, TracerProvider)
+
+
+# -- the servers' own tracing: built when the lifespan starts, shut down when it ends -------
+
+
+def otel_free_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any OTEL_* setting, plus ``extra``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | extra
+
+
+NEW_THREADS = """
+import json, threading
+before = set(threading.enumerate())
+from servers import internal_api, public_api
+public_api.create_app()
+internal_api.create_app()
+print(json.dumps(sorted(t.name for t in set(threading.enumerate()) - before)))
+"""
+
+
+def test_importing_and_creating_the_apps_starts_no_thread() -> None:
+    """With a collector configured, a fresh interpreter that imports both server modules
+    (each creates its app) and creates two more apps has no more threads than before."""
+    env = otel_free_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", NEW_THREADS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+class Collector:
+    """A stand-in OTLP/HTTP collector: it keeps every request's path and body."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.received: list[tuple[str, bytes]] = []
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    """An OTLP/HTTP endpoint on a free loopback port, answering every export with 200."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    collector = Collector(f"http://127.0.0.1:{server.server_address[1]}")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            collector.received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, name="test-collector", daemon=True)
+    thread.start()
+    try:
+        yield collector
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def exporting_threads() -> set[threading.Thread]:
+    """The SDK's batch exporters' worker threads alive now."""
+    return {t for t in threading.enumerate() if t.name.startswith("OtelBatch")}
+
+
+@pytest.fixture
+def reader_settings(database: Any, servers: ServerInfo, key_prefix: str) -> Settings:
+    """Settings for the public app: the reader's URL and this test's key prefix."""
+    return Settings(
+        database_url=database.reader_url, redis_url=servers.redis_url, key_prefix=key_prefix
+    )
+
+
+async def test_a_served_app_exports_from_startup_and_flushes_at_shutdown(
+    collector: Collector,
+    reader_settings: Settings,
+    make_securities: MakeSecurities,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No provider given: creating the app starts no exporter, the lifespan's startup starts
+    one, and its shutdown sends the request's spans to the collector and stops the thread."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # only a flush exports in time
+    (sid,) = make_securities(1)
+    before = exporting_threads()
+    app = public_api.create_app(reader_settings)
+    assert exporting_threads() == before
+    async for http in started(app):
+        assert len(exporting_threads() - before) == 1
+        assert (await http.get(f"/securities/{sid}")).status_code == 200
+        assert collector.received == []
+    assert exporting_threads() == before
+    paths = [path for path, _ in collector.received]
+    assert paths == ["/v1/traces"]
+    body = collector.received[0][1]
+    assert b"GET /securities/{id}" in body
+    assert PUBLIC_SERVICE_NAME.encode() in body

@@ -338,9 +338,10 @@ def _dev_role_passwords(
         if given is None
     ]
     if left:
+        roles, variables = ", ".join(r for r, _ in left), ", ".join(v for _, v in left)
         print(
-            f"{' and '.join(r for r, _ in left)}: password left as it is on this server "
-            f"(set {' and '.join(v for _, v in left)} to set it); its URL below has none",
+            f"role passwords left as they are on this server: {roles} "
+            f"(set {variables} to set them; the URLs below carry none)",
             file=out,
         )
     return writer, reader
@@ -524,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start embedded PostgreSQL and Redis (or use the servers of --database-url and "
             "--redis-url when both are given), migrate, seed an empty database, print the "
-            "URLs, then wait: Ctrl-C stops everything."
+            "URLs, then wait: Ctrl-C stops everything. On given servers the URLs are printed "
+            "without passwords, and the service roles' passwords change only when "
+            f"${WRITER_PASSWORD_VAR} / ${READER_PASSWORD_VAR} (or _FILE) are set."
         ),
     )
     database_option(dev, "an administrator")

@@ -233,6 +233,9 @@ def role_passwords(servers: ServerInfo, base_dir: Path | None = None) -> RolePas
     at once) must set the same passwords, or each would lock the others' connections out.
     So they are kept per server address, in ``<base_dir>/roles/<host>-<port>.json`` (the
     base directory of embedded servers by default).
+
+    ``securecache dev`` sets them on embedded servers only: on a server it was given, whose
+    roles deployed services may log in with, it sets only the passwords it is told.
     """
     if base_dir is None:
         base_dir = servers.state_dir.parent if servers.state_dir else default_base_dir()
