@@ -30,6 +30,7 @@ class Telemetry:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.tracer = trace.get_tracer(INSTRUMENTATION, __version__, tracer_provider)
+        self._provider = tracer_provider
         meter = metrics.get_meter(INSTRUMENTATION, __version__, meter_provider)
         self.hits = meter.create_counter(
             "securecache.cache.hits", unit="{entry}", description="Values served from Redis"
@@ -55,9 +56,20 @@ class Telemetry:
             "securecache.db.queries", unit="{query}", description="PostgreSQL statements run"
         )
 
+    def tracing(self) -> bool:
+        """False while no SDK is installed: spans would be no-ops, so none is started.
+
+        Read on every call (a global lookup), so an SDK installed later is picked up.
+        """
+        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
+        return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
     @contextmanager
     def client_span(self, name: str, system: str, operation: str) -> Iterator[trace.Span]:
         """A child span for one round trip to Redis or PostgreSQL."""
+        if not self.tracing():
+            yield trace.INVALID_SPAN
+            return
         with self.tracer.start_as_current_span(
             name,
             kind=SpanKind.CLIENT,
@@ -69,6 +81,9 @@ class Telemetry:
     @contextmanager
     def call_span(self, name: str) -> Iterator[trace.Span]:
         """The span of one public library call."""
+        if not self.tracing():
+            yield trace.INVALID_SPAN
+            return
         with self.tracer.start_as_current_span(name, record_exception=True) as span:
             try:
                 yield span
