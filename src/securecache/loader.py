@@ -64,7 +64,8 @@ class LoadSummary:
 
 Row = tuple[str, str, str, str]
 
-_UPSERT: Final = """
+# Shared with the demo-data seeder: one statement owns how securities are upserted.
+UPSERT_SECURITIES: Final = """
 INSERT INTO securecache.security AS s (id, name, symbol, exchange)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
 ON CONFLICT (id) DO UPDATE
@@ -183,7 +184,7 @@ def load_securities(
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             columns = [list(column) for column in zip(*batch, strict=True)]
-            versions = conn.execute(_UPSERT, columns).fetchall()
+            versions = conn.execute(UPSERT_SECURITIES, columns).fetchall()
             fresh = sum(1 for (version,) in versions if version == 1)
             inserted += fresh
             updated += len(versions) - fresh

@@ -16,6 +16,7 @@ import attrs
 import psycopg
 
 from securecache.errors import ValidationError
+from securecache.loader import UPSERT_SECURITIES
 
 EXCHANGES: Final = ("XNYS", "XNAS", "XLON", "XPAR", "XETR", "XTKS")
 DEFAULT_RNG_SEED: Final = 20240101
@@ -85,15 +86,6 @@ def demo_score(number: int, rng_seed: int = DEFAULT_RNG_SEED) -> tuple[float, ..
     return tuple(round(min(10.0, max(0.0, rng.gauss(5.5, 2.0))), 2) for _ in range(4))
 
 
-_SECURITIES: Final = """
-INSERT INTO securecache.security AS s (id, name, symbol, exchange)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
-ON CONFLICT (id) DO UPDATE
-    SET name = EXCLUDED.name, symbol = EXCLUDED.symbol, exchange = EXCLUDED.exchange
-    WHERE (s.name, s.symbol, s.exchange)
-          IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.symbol, EXCLUDED.exchange)
-RETURNING s.version
-"""
 _SCORES: Final = """
 INSERT INTO securecache.score AS s (security_id, growth, value, quality, momentum)
 SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], %s::float8[])
@@ -121,7 +113,7 @@ def seed(
     securities = [demo_security(n, rng_seed) for n in numbers]
     scores = [(security_id(n), *demo_score(n, rng_seed)) for n in numbers] if with_scores else []
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
-        sec = _upsert(conn, _SECURITIES, securities)
+        sec = _upsert(conn, UPSERT_SECURITIES, securities)
         sco = _upsert(conn, _SCORES, scores)
     return SeedSummary(
         securities_inserted=sec[0],
