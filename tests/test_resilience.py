@@ -26,6 +26,13 @@ from securecache.keys import KeyScheme, Kind
 UPDATE = ScoreUpdate(growth=1, value=2, quality=3, momentum=4)
 
 
+def entry_at(client: redis.Redis, key: str) -> Score | codec.Marker | None:
+    """The score entry at ``key``, decoded as the library would."""
+    raw = client.get(key)
+    assert raw is None or isinstance(raw, bytes)
+    return codec.decode_entry(Score, raw)
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -143,3 +150,35 @@ async def test_malformed_library_arguments_are_validation_errors(
     async with SecureCache(settings) as cache:
         with pytest.raises(ValidationError):
             await call(cache, sid)
+
+
+async def test_listener_catches_up_on_changes_made_while_it_was_away(
+    settings: Settings,
+    make_securities: MakeSecurities,
+    admin_conn: Any,
+    redis_admin: redis.Redis,
+) -> None:
+    """A change committed while the listener is disconnected (its notification is lost) is
+    found on reconnect from updated_at, and the stale entry is floored."""
+    [sid] = make_securities(1, with_scores=True)
+    key = KeyScheme(settings.key_prefix).value(Kind.SCORE, sid)
+    async with SecureCache(settings.with_changes(listen_changes=True)) as cache:
+        listener = cache._listener
+        assert listener is not None
+        async with asyncio.timeout(10):
+            await listener.connected.wait()
+        cached = await cache.scores.get(sid)
+        assert cached is not None
+        await listener.stop()  # away: the NOTIFY below reaches nobody
+        admin_conn.execute(
+            "UPDATE securecache.score SET growth = 9.5 WHERE security_id = %s", (sid,)
+        )
+        assert entry_at(redis_admin, key) == cached  # still stale
+        listener.connected.clear()
+        listener.start()
+        async with asyncio.timeout(10):
+            await listener.connected.wait()  # set after the catch-up ran
+        assert entry_at(redis_admin, key) is codec.FLOOR
+        fresh = await cache.scores.get(sid)
+    assert fresh is not None
+    assert (fresh.version, fresh.growth) == (cached.version + 1, 9.5)

@@ -30,6 +30,8 @@ from securecache.schema import CHANNEL
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS: Final = 5.0
+APPLICATION_NAME: Final = "securecache-listener"
+"""How the listener's connection shows in pg_stat_activity."""
 RECONNECT_SECONDS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 _TABLES: Final = {"security": Kind.SECURITY, "score": Kind.SCORE}
 _CATCH_UP: Final = {
@@ -90,7 +92,9 @@ class ChangeListener:
                 await asyncio.sleep(delay)
 
     async def _listen(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, application_name=APPLICATION_NAME
+        ) as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
             now = await self._clock(conn)
             if self._alive_at is not None:
