@@ -212,8 +212,7 @@ class ReadThrough(Generic[R]):
         Loads in flight in this process started before the write: later gets must not
         join them, or they would return what the write replaces.
         """
-        for id_ in ids:
-            self._inflight.pop(id_, None)
+        self.forget(ids)
         if self._cache is not None:
             leases = [self._keys.lease(self._kind, i) for i in ids]
             await self._cache.take_leases(leases, token, self._lease_ms, take_over=True)
@@ -225,8 +224,7 @@ class ReadThrough(Generic[R]):
 
     async def write_through(self, records: Sequence[R], token: str) -> list[int]:
         """Store committed records under the leases taken by :meth:`reserve`."""
-        for record in records:
-            self._inflight.pop(self._id(record), None)
+        self.forget([self._id(r) for r in records])
         if not self._cache or not records:
             return []
         writes = [
