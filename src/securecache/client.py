@@ -281,7 +281,16 @@ class SecureCache:
         """Drop the cached security and score of ``security_id`` (and void fills in flight)."""
         validate_id(security_id)
         with self._telemetry.call_span("securecache invalidate"):
-            await asyncio.gather(*(reads.discard([security_id]) for reads in self._reads))
+            # One DEL for both kinds (their keys share the id's hash slot).
+            ids = [security_id]
+            for reads in self._reads:
+                reads.forget(ids)
+            if self._cache is not None:
+                await self._cache.delete(
+                    [k for reads in self._reads for k in reads.entry_keys(ids)]
+                )
+            for reads in self._reads:
+                reads.forget(ids)
 
     async def health(self) -> Health:
         """Whether PostgreSQL answers and in what state Redis is (for readiness probes)."""

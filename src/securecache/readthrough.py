@@ -252,14 +252,16 @@ class ReadThrough(Generic[R]):
         """
         self.forget(ids)
         if self._cache is not None:
-            await self._cache.delete(
-                [
-                    key
-                    for i in ids
-                    for key in (self._keys.value(self._kind, i), self._keys.lease(self._kind, i))
-                ]
-            )
+            await self._cache.delete(self.entry_keys(ids))
             self.forget(ids)
+
+    def entry_keys(self, ids: Sequence[str]) -> list[str]:
+        """The value and lease keys of ``ids``: what dropping an entry deletes."""
+        return [
+            k
+            for i in ids
+            for k in (self._keys.value(self._kind, i), self._keys.lease(self._kind, i))
+        ]
 
     def forget(self, ids: Sequence[str]) -> None:
         """Let later gets of ``ids`` start a new load instead of joining one in flight."""
