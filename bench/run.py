@@ -36,8 +36,8 @@ from redis.utils import HIREDIS_AVAILABLE
 import securecache
 from securecache import ScoreUpdate, SecureCache, Settings
 from securecache import sync as securecache_sync
-from securecache.dev import derive_url, resolve_servers
-from securecache.schema import migrate
+from securecache.ops.dev import derive_url, resolve_servers
+from securecache.ops.migrations import migrate
 
 HERE = Path(__file__).parent
 DATABASE = "securecache_bench"

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from securecache import Settings, codec
-from securecache.client import MAX_PAGE
+from securecache.models import MAX_PAGE
 from servers.common import (
     ETAG_HEADER,
     INVALID_RESPONSE,

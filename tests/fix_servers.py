@@ -24,8 +24,8 @@ import pytest
 import redis
 from psycopg import sql
 
-from securecache import schema
-from securecache.dev import (
+from securecache.ops import migrations
+from securecache.ops.dev import (
     STATE_DIR_NAME,
     EmbeddedServers,
     ServerInfo,
@@ -187,7 +187,7 @@ def migrate_database(servers: ServerInfo, admin_url: str, base_dir: Path) -> tup
     passwords = role_passwords(servers, base_dir)
     with psycopg.connect(servers.admin_url, autocommit=True) as lock:
         lock.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
-        schema.migrate(
+        migrations.migrate(
             admin_url, writer_password=passwords.writer, reader_password=passwords.reader
         )
     return passwords.writer, passwords.reader
@@ -209,8 +209,8 @@ def database(servers: ServerInfo, pytestconfig: pytest.Config) -> Iterator[Datab
         yield Database(
             name=name,
             admin_url=admin_url,
-            writer_url=derive_url(admin_url, user=schema.WRITER_ROLE, password=writer),
-            reader_url=derive_url(admin_url, user=schema.READER_ROLE, password=reader),
+            writer_url=derive_url(admin_url, user=migrations.WRITER_ROLE, password=writer),
+            reader_url=derive_url(admin_url, user=migrations.READER_ROLE, password=reader),
         )
     finally:
         drop_database(servers, name)

@@ -13,8 +13,8 @@ from redis.exceptions import NoPermissionError
 
 from fix_servers import MakeSecurities
 from securecache import ConfigurationError, ScoreUpdate, SecureCache, Settings, codec
-from securecache.acl import CLUSTER_COMMANDS, LIBRARY_COMMANDS, acl_file_line, setuser_rules
 from securecache.keys import KeyScheme, Kind
+from securecache.ops.acl import CLUSTER_COMMANDS, LIBRARY_COMMANDS, acl_file_line, setuser_rules
 
 
 def test_rules_start_from_nothing_and_grant_only_the_library_commands() -> None:

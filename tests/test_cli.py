@@ -22,9 +22,9 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from fix_servers import _MIGRATE_LOCK, Database, EmptyDatabase, state_base
-from securecache import schema
-from securecache.cli import main
-from securecache.dev import (
+from securecache.ops import migrations
+from securecache.ops.cli import main
+from securecache.ops.dev import (
     RolePasswords,
     ServerInfo,
     derive_url,
@@ -32,7 +32,7 @@ from securecache.dev import (
     leftover_processes,
     role_passwords,
 )
-from securecache.seed import EXCHANGES
+from securecache.ops.seed import EXCHANGES
 from securecache.settings import redact_url
 
 HEADER = "id,name,symbol,exchange\n"
@@ -305,7 +305,7 @@ def test_dev_on_given_servers_migrates_seeds_once_and_exits(
     assert url_after("admin", first.stdout) == redact_url(empty_database.admin_url)
     assert url_after("redis", first.stdout) == redact_url(servers.redis_url)
     reader_url = derive_url(
-        empty_database.admin_url, user=schema.READER_ROLE, password=passwords.reader
+        empty_database.admin_url, user=migrations.READER_ROLE, password=passwords.reader
     )
     assert url_after("reader", first.stdout) == redact_url(reader_url)
     for secret in server_secrets(servers, passwords):
@@ -349,7 +349,7 @@ def test_dev_on_given_servers_leaves_the_role_passwords_alone(
         in result.stdout
     )
     assert "demo data: securities: 3 inserted" in result.stdout
-    for label, role in (("writer", schema.WRITER_ROLE), ("reader", schema.READER_ROLE)):
+    for label, role in (("writer", migrations.WRITER_ROLE), ("reader", migrations.READER_ROLE)):
         assert url_after(label, result.stdout) == derive_url(empty_database.admin_url, user=role)
     passwords = role_passwords(servers, state_base(pytestconfig))
     for secret in server_secrets(servers, passwords):

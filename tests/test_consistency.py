@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -23,9 +23,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from interposed import HeldFills, delaying
 from securecache import ConflictError, Score, ScoreUpdate, SecureCache, Settings, codec
-from securecache.cache import RedisCache, connect
+from securecache.cache import CacheWrite, RedisCache, connect
 from securecache.keys import KeyScheme, Kind
+from securecache.readthrough import CacheBackend
 
 MakeSecurities = Callable[..., list[str]]
 Values = tuple[float, float, float, float]
@@ -122,61 +124,20 @@ def stage(
     return Stage(settings, make_securities, redis_admin, admin_conn, key_prefix)
 
 
-class HeldFetch:
-    """A ``fetch`` that reads PostgreSQL, then waits to be released before returning.
-
-    Installed as a ReadThrough's ``_fetch``, it parks a fill exactly between its PostgreSQL
-    read and its Redis write: the window in which every race of this module happens.
-    """
-
-    def __init__(self, fetch: Callable[[Sequence[str]], Awaitable[dict[str, Score]]]) -> None:
-        self._fetch = fetch
-        self.calls = 0
-        self.read = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, ids: Sequence[str]) -> dict[str, Score]:
-        rows = await self._fetch(ids)
-        self.calls += 1
-        self.read.set()
-        await self.release.wait()
-        return rows
-
-
-def hold_fills(cache: SecureCache, monkeypatch: pytest.MonkeyPatch) -> HeldFetch:
-    reads = cache.scores._reads
-    held = HeldFetch(reads._fetch)
-    monkeypatch.setattr(reads, "_fetch", held)
-    return held
-
-
-def add_jitter(
-    cache: SecureCache,
-    monkeypatch: pytest.MonkeyPatch,
-    rng: random.Random,
-    *,
-    fills: float,
-    writes: float,
-) -> None:
+def jitter(rng: random.Random, *, fills: float, writes: float) -> Callable[[CacheBackend], Any]:
     """Random pauses after each fill's PostgreSQL read and before each write-through.
 
     They stand for the network and the scheduler: fills and write-throughs reach Redis in any
     order and late, which is what the version check and the leases are there to survive.
     """
-    reads = cache.scores._reads
-    fetch, write_through = reads._fetch, reads.write_through
 
-    async def slow_fetch(ids: Sequence[str]) -> dict[str, Score]:
-        rows = await fetch(ids)
+    async def slow_fill(_: Sequence[CacheWrite]) -> None:
         await asyncio.sleep(rng.uniform(0, fills))
-        return rows
 
-    async def slow_write_through(records: Sequence[Score], *args: Any, **kw: Any) -> list[int]:
+    async def slow_write(_: Sequence[CacheWrite]) -> None:
         await asyncio.sleep(rng.uniform(0, writes))
-        return await write_through(records, *args, **kw)
 
-    monkeypatch.setattr(reads, "_fetch", slow_fetch)
-    monkeypatch.setattr(reads, "write_through", slow_write_through)
+    return delaying(slow_fill, slow_write)
 
 
 @pytest.fixture
@@ -211,8 +172,8 @@ async def test_slow_fill_never_overwrites_a_newer_write_through(
 ) -> None:
     """A fill that read version 1 and lands after a put of version 2 leaves version 2 cached."""
     [sid] = stage.make_securities(1, with_scores=True)
-    async with SecureCache(stage.settings) as cache:
-        held = hold_fills(cache, monkeypatch)
+    held = HeldFills()
+    async with SecureCache(stage.settings, wrap_redis=held.wrap) as cache:
         fill = asyncio.create_task(cache.scores.get(sid))
         async with asyncio.timeout(WAIT):
             await held.read.wait()
@@ -238,8 +199,8 @@ async def test_fill_of_an_absent_score_never_hides_a_new_insert(
 ) -> None:
     """A fill that found no score and lands after the score's first put does not cache absent."""
     [sid] = stage.make_securities(1, with_scores=False)
-    async with SecureCache(stage.settings) as cache:
-        held = hold_fills(cache, monkeypatch)
+    held = HeldFills()
+    async with SecureCache(stage.settings, wrap_redis=held.wrap) as cache:
         fill = asyncio.create_task(cache.scores.get(sid))
         async with asyncio.timeout(WAIT):
             await held.read.wait()
@@ -260,8 +221,8 @@ async def test_invalidate_during_a_fill_voids_its_lease(
 ) -> None:
     """A fill in flight when invalidate() runs must not store: it would re-cache old data."""
     [sid] = stage.make_securities(1, with_scores=True)
-    async with SecureCache(stage.settings) as cache:
-        held = hold_fills(cache, monkeypatch)
+    held = HeldFills()
+    async with SecureCache(stage.settings, wrap_redis=held.wrap) as cache:
         fill = asyncio.create_task(cache.scores.get(sid))
         async with asyncio.timeout(WAIT):
             await held.read.wait()
@@ -293,9 +254,10 @@ async def test_operator_deleting_keys_during_a_fill_voids_its_lease(
     """Keys deleted by hand (or lost to a flush or restart) during a fill void that fill."""
     [sid, other] = stage.make_securities(2, with_scores=True)
     keys = KeyScheme(stage.prefix)
-    async with SecureCache(stage.settings) as cache:
+    held = HeldFills(armed=False)
+    async with SecureCache(stage.settings, wrap_redis=held.wrap) as cache:
         await cache.scores.get(other)  # something else cached under the prefix
-        held = hold_fills(cache, monkeypatch)
+        held.armed = True
         fill = asyncio.create_task(cache.scores.get(sid))
         async with asyncio.timeout(WAIT):
             await held.read.wait()
@@ -324,8 +286,8 @@ async def test_fill_slower_than_its_lease_does_not_store(
     """A fill that outlives its lease is refused even though nobody else touched the key."""
     [sid] = stage.make_securities(1, with_scores=True)
     short = stage.settings.with_changes(lease_ms=200)
-    async with SecureCache(short) as cache:
-        held = hold_fills(cache, monkeypatch)
+    held = HeldFills()
+    async with SecureCache(short, wrap_redis=held.wrap) as cache:
         fill = asyncio.create_task(cache.scores.get(sid))
         async with asyncio.timeout(WAIT):
             await held.read.wait()
@@ -354,8 +316,8 @@ async def test_get_issued_after_a_put_returns_at_least_that_version(
 ) -> None:
     """A get that starts after put() returned must not join a fill that read the older row."""
     [sid] = stage.make_securities(1, with_scores=True)
-    async with SecureCache(stage.settings) as cache:
-        held = hold_fills(cache, monkeypatch)
+    held = HeldFills()
+    async with SecureCache(stage.settings, wrap_redis=held.wrap) as cache:
         early = asyncio.create_task(cache.scores.get(sid))
         async with asyncio.timeout(WAIT):
             await held.read.wait()
@@ -379,8 +341,11 @@ async def test_get_joining_a_load_begun_before_another_process_wrote_is_bounded_
 ) -> None:
     """Single-flight across processes: a get may share an older load, but only until it ends."""
     [sid] = stage.make_securities(1, with_scores=True)
-    async with SecureCache(stage.settings) as reader, SecureCache(stage.settings) as writer:
-        held = hold_fills(reader, monkeypatch)
+    held = HeldFills()
+    async with (
+        SecureCache(stage.settings, wrap_redis=held.wrap) as reader,
+        SecureCache(stage.settings) as writer,
+    ):
         early = asyncio.create_task(reader.scores.get(sid))
         async with asyncio.timeout(WAIT):
             await held.read.wait()
@@ -407,18 +372,17 @@ async def test_write_through_delayed_past_a_newer_write_and_an_invalidate_does_n
 ) -> None:
     """An old write-through reaching Redis after a newer write and an invalidate stores nothing."""
     [sid] = stage.make_securities(1, with_scores=True)
-    async with SecureCache(stage.settings) as slow, SecureCache(stage.settings) as other:
-        reads = slow.scores._reads
-        real_write_through = reads.write_through
-        arrived = asyncio.Event()
-        release = asyncio.Event()
+    arrived = asyncio.Event()
+    release = asyncio.Event()
 
-        async def delayed(records: Sequence[Score], *args: Any, **kw: Any) -> list[int]:
-            arrived.set()
-            await release.wait()
-            return await real_write_through(records, *args, **kw)
+    async def delayed(_: Sequence[CacheWrite]) -> None:
+        arrived.set()
+        await release.wait()
 
-        monkeypatch.setattr(reads, "write_through", delayed)
+    async with (
+        SecureCache(stage.settings, wrap_redis=delaying(before_write_through=delayed)) as slow,
+        SecureCache(stage.settings) as other,
+    ):
         first = asyncio.create_task(slow.scores.put(sid, update(2.0)))
         async with asyncio.timeout(WAIT):
             await arrived.wait()  # version 2 is committed; its cache write is not done
@@ -444,11 +408,12 @@ async def test_two_concurrent_writers_leave_redis_at_the_database_version(
     # Both writers start every round together, so the last writes race too: with write-throughs
     # reaching Redis in random order, only the version check keeps the older one out.
     barrier = asyncio.Barrier(2)
-    async with SecureCache(stage.settings) as a, SecureCache(stage.settings) as b:
-        # Commits of the two writers land some 20-40 ms apart (row locks): the write-throughs
-        # wait up to 60 ms, so they often reach Redis in the other order.
-        add_jitter(a, monkeypatch, rng, fills=0.01, writes=0.06)
-        add_jitter(b, monkeypatch, rng, fills=0.01, writes=0.06)
+    # Commits of the two writers land some 20-40 ms apart (row locks): the write-throughs
+    # wait up to 60 ms, so they often reach Redis in the other order.
+    async with (
+        SecureCache(stage.settings, wrap_redis=jitter(rng, fills=0.01, writes=0.06)) as a,
+        SecureCache(stage.settings, wrap_redis=jitter(rng, fills=0.01, writes=0.06)) as b,
+    ):
 
         async def writer(cache: SecureCache, offset: float) -> list[int]:
             versions: list[int] = []
@@ -527,9 +492,14 @@ async def test_mixed_load_leaves_no_key_where_redis_differs_from_postgresql(
                 await cache.invalidate(sid)
                 outcomes["inv"] += 1
 
-    async with SecureCache(stage.settings) as p, SecureCache(stage.settings) as q:
-        add_jitter(p, monkeypatch, random.Random(1), fills=0.005, writes=0.005)
-        add_jitter(q, monkeypatch, random.Random(2), fills=0.005, writes=0.005)
+    async with (
+        SecureCache(
+            stage.settings, wrap_redis=jitter(random.Random(1), fills=0.005, writes=0.005)
+        ) as p,
+        SecureCache(
+            stage.settings, wrap_redis=jitter(random.Random(2), fills=0.005, writes=0.005)
+        ) as q,
+    ):
         async with asyncio.timeout(60):
             await asyncio.gather(*(client(p if n % 2 else q, n) for n in range(tasks)))
 
@@ -552,8 +522,8 @@ async def test_500_gets_of_one_cold_key_make_one_postgresql_query(
     """Single-flight: gets arriving while the key loads wait for that load, not a new query."""
     [sid] = stage.make_securities(1, with_scores=True)
     provider, exporter = spans
-    async with SecureCache(stage.settings, tracer_provider=provider) as cache:
-        held = hold_fills(cache, monkeypatch)
+    held = HeldFills()
+    async with SecureCache(stage.settings, tracer_provider=provider, wrap_redis=held.wrap) as cache:
         waves: list[asyncio.Task[Score | None]] = []
         waves += [asyncio.create_task(cache.scores.get(sid)) for _ in range(100)]
         async with asyncio.timeout(WAIT):
@@ -760,13 +730,12 @@ async def test_writer_that_dies_between_commit_and_cache_write_is_bounded_by_the
     """A commit whose cache write never happens (the process died) is stale for one TTL."""
     [sid] = stage.make_securities(1, with_scores=True)
     short = stage.settings.with_changes(ttl_seconds=1.0, ttl_jitter=0.0)
-    async with SecureCache(short) as writer:
+
+    async def die(_: Sequence[CacheWrite]) -> None:
+        raise RuntimeError("the writer's process ends here")
+
+    async with SecureCache(short, wrap_redis=delaying(before_write_through=die)) as writer:
         assert await writer.scores.get(sid) is not None
-
-        async def die(*_: Any, **__: Any) -> list[int]:
-            raise RuntimeError("the writer's process ends here")
-
-        monkeypatch.setattr(writer.scores._reads, "write_through", die)
         with pytest.raises(RuntimeError):
             await writer.scores.put(sid, update(3.0))
     committed = stage.scores([sid])[sid]

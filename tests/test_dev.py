@@ -21,7 +21,8 @@ import psycopg
 import pytest
 import redis
 
-from securecache.dev import (
+from securecache.errors import ConfigurationError
+from securecache.ops.dev import (
     EmbeddedServers,
     EmbeddedServersError,
     ServerInfo,
@@ -31,7 +32,6 @@ from securecache.dev import (
     resolve_servers,
     role_passwords,
 )
-from securecache.errors import ConfigurationError
 from securecache.settings import Settings
 
 
@@ -86,7 +86,7 @@ def owner_script(base: Path, *, die_with_parent: bool) -> str:
     return textwrap.dedent(f"""
         import json, os, sys, time
         from pathlib import Path
-        from securecache.dev import EmbeddedServers
+        from securecache.ops.dev import EmbeddedServers
         servers = EmbeddedServers(
             "owned", base_dir=Path({str(base)!r}), die_with_parent={die_with_parent}
         ).start()

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from securecache.dev import free_port
+from securecache.ops.dev import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_SECONDS = 60.0

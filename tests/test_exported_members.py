@@ -134,11 +134,17 @@ def test_async_methods_are_coroutines_and_sync_ones_are_not(
 
 
 def test_facades_take_the_same_constructor_arguments() -> None:
-    """Both facades take the same constructor arguments (settings, tracer and meter providers)."""
+    """Both facades take the same constructor arguments (settings, providers, the Redis seam)."""
     async_init = inspect.signature(client.SecureCache.__init__).parameters
     sync_init = inspect.signature(sync.SecureCache.__init__).parameters
     assert list(async_init) == list(sync_init)
-    assert list(async_init) == ["self", "settings", "tracer_provider", "meter_provider"]
+    assert list(async_init) == [
+        "self",
+        "settings",
+        "tracer_provider",
+        "meter_provider",
+        "wrap_redis",
+    ]
 
 
 async def test_facades_expose_the_same_namespaces() -> None:

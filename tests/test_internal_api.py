@@ -14,7 +14,7 @@ from opentelemetry import trace
 from starlette.applications import Starlette
 
 from securecache import ConfigurationError, Settings
-from securecache.dev import ServerInfo
+from securecache.ops.dev import ServerInfo
 from servers import internal_api, public_api
 
 MakeSecurities = Callable[..., list[str]]

@@ -50,8 +50,8 @@ from securecache import (
     sync,
 )
 from securecache.codec import MAX_ENTRY_BYTES
-from securecache.dev import ServerInfo
 from securecache.keys import KeyScheme, Kind
+from securecache.ops.dev import ServerInfo
 from securecache.telemetry import SOURCE
 
 # -- one interface over both flavours ------------------------------------------------------

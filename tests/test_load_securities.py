@@ -11,7 +11,7 @@ import pytest
 
 from fix_servers import Database
 from securecache.errors import ValidationError
-from securecache.loader import CsvError, LoadSummary, load_securities, read_securities
+from securecache.ops.loader import CsvError, LoadSummary, load_securities, read_securities
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 HEADER = "id,name,symbol,exchange\n"

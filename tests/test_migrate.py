@@ -1,4 +1,4 @@
-"""``schema.migrate``: exactly the designed schema, idempotent, and versions kept by triggers."""
+"""``migrations.migrate``: the designed schema, idempotent, versions kept by triggers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from fix_servers import EmptyDatabase, MakeSecurities, migrate_database, state_base
-from securecache import schema
-from securecache.dev import ServerInfo
+from securecache.ops import migrations
+from securecache.ops.dev import ServerInfo
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -126,8 +126,8 @@ def test_migrate_creates_exactly_the_designed_schema(
             "WHERE relnamespace = 'securecache'::regnamespace AND relkind IN ('r', 'v', 'm')"
         ).fetchall()
         assert set(tables) == {
-            ("security", "r", schema.OWNER_ROLE),
-            ("score", "r", schema.OWNER_ROLE),
+            ("security", "r", migrations.OWNER_ROLE),
+            ("score", "r", migrations.OWNER_ROLE),
         }
         columns = conn.execute(
             "SELECT table_name, column_name, data_type, is_nullable "
@@ -160,7 +160,7 @@ def test_migrate_creates_exactly_the_designed_schema(
         owner = conn.execute(
             "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'securecache'"
         ).fetchone()
-        assert owner == (schema.OWNER_ROLE,)
+        assert owner == (migrations.OWNER_ROLE,)
         grants = conn.execute(
             "SELECT pg_get_userbyid(a.grantee), c.relname, a.privilege_type "
             "FROM pg_class c, aclexplode(c.relacl) a "

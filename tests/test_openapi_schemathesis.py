@@ -34,8 +34,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.schemas import BaseSchema
 
 from securecache.client import encode_cursor
-from securecache.dev import ServerInfo
 from securecache.models import ID_PATTERN
+from securecache.ops.dev import ServerInfo
 from servers import internal_api, public_api
 
 TOKEN: Final = "schemathesis-token"

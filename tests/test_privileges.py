@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from fix_servers import Database, MakeSecurities
-from securecache import schema
+from securecache.ops import migrations
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -53,7 +53,7 @@ DDL = {
     "alter table": "ALTER TABLE securecache.score ADD COLUMN intruder int",
     "disable trigger": "ALTER TABLE securecache.security DISABLE TRIGGER security_version",
     "drop table": "DROP TABLE securecache.score",
-    "become owner": f"SET ROLE {schema.OWNER_ROLE}",
+    "become owner": f"SET ROLE {migrations.OWNER_ROLE}",
 }
 
 WRITER_ALLOWED = {**READS, **SCORE_WRITES}
@@ -63,12 +63,12 @@ READER_DENIED = {**SCORE_WRITES, **SECURITY_WRITES, **DESTRUCTIVE_SCORE_WRITES, 
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 EXPECTED_PRIVILEGES = {
-    (schema.WRITER_ROLE, "security", "SELECT"),
-    (schema.WRITER_ROLE, "score", "SELECT"),
-    (schema.WRITER_ROLE, "score", "INSERT"),
-    (schema.WRITER_ROLE, "score", "UPDATE"),
-    (schema.READER_ROLE, "security", "SELECT"),
-    (schema.READER_ROLE, "score", "SELECT"),
+    (migrations.WRITER_ROLE, "security", "SELECT"),
+    (migrations.WRITER_ROLE, "score", "SELECT"),
+    (migrations.WRITER_ROLE, "score", "INSERT"),
+    (migrations.WRITER_ROLE, "score", "UPDATE"),
+    (migrations.READER_ROLE, "security", "SELECT"),
+    (migrations.READER_ROLE, "score", "SELECT"),
 }
 
 
@@ -145,7 +145,7 @@ def test_reader_sessions_are_read_only_by_default(
 def test_table_privileges_are_exactly_the_design(admin_conn: Conn) -> None:
     """has_table_privilege over every role, table and privilege matches the design's list."""
     granted = set()
-    for role in (schema.WRITER_ROLE, schema.READER_ROLE):
+    for role in (migrations.WRITER_ROLE, migrations.READER_ROLE):
         for table in ("security", "score"):
             for privilege in TABLE_PRIVILEGES:
                 row = admin_conn.execute(

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from securecache import Settings
 from securecache.client import encode_cursor
-from securecache.dev import ServerInfo
+from securecache.ops.dev import ServerInfo
 from servers import public_api
 
 MakeSecurities = Callable[..., list[str]]

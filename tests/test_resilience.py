@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from fix_servers import MakeSecurities
+from interposed import delaying
 from securecache import (
     Score,
     ScoreUpdate,
@@ -21,6 +22,7 @@ from securecache import (
     ValidationError,
     codec,
 )
+from securecache.cache import CacheWrite
 from securecache.keys import KeyScheme, Kind
 
 UPDATE = ScoreUpdate(growth=1, value=2, quality=3, momentum=4)
@@ -68,17 +70,15 @@ async def test_a_put_cancelled_after_its_commit_still_updates_the_cache(
     """A caller that gives up while the write-through is on its way does not leave the
     previous version cached: the cache write is shielded from the cancellation."""
     [sid] = make_securities(1, with_scores=True)
-    async with SecureCache(settings) as cache:
+
+    async def slow_write_through(_: Sequence[CacheWrite]) -> None:
+        await asyncio.sleep(0.3)
+
+    async with SecureCache(
+        settings, wrap_redis=delaying(before_write_through=slow_write_through)
+    ) as cache:
         before = await cache.scores.get(sid)
         assert before is not None
-        reads = cache.scores._reads
-        original: Callable[..., Awaitable[Any]] = reads.write_through
-
-        async def slow_write_through(*args: Any, **kwargs: Any) -> Any:
-            await asyncio.sleep(0.3)
-            return await original(*args, **kwargs)
-
-        reads.write_through = slow_write_through  # type: ignore[method-assign]
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(cache.scores.put(sid, UPDATE), timeout=0.1)
         await asyncio.sleep(0.5)  # the shielded write-through finishes on its own

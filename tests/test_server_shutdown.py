@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from securecache.dev import ServerInfo, free_port
+from securecache.ops.dev import ServerInfo, free_port
 
 MakeSecurities = Callable[..., list[str]]
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 
 from securecache import Settings
-from securecache.dev import ServerInfo
+from securecache.ops.dev import ServerInfo
 from servers import internal_api, public_api
 from servers.telemetry import INTERNAL_SERVICE_NAME, PUBLIC_SERVICE_NAME, tracing_from_env
 

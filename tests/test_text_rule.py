@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from securecache.errors import ValidationError
 from securecache.models import validate_text
-from securecache.schema import _text_rule
+from securecache.ops.migrations import _text_rule
 
 # PostgreSQL text cannot hold NUL at all, so it is left out (the library refuses it too).
 TEXT = st.text(

@@ -5,7 +5,7 @@ PostgreSQL is the source of truth, Redis the shared cache. Start with :class:`Se
 """
 
 from securecache._version import __version__
-from securecache.client import Health, SecureCache
+from securecache.client import SecureCache
 from securecache.errors import (
     ConfigurationError,
     ConflictError,
@@ -15,9 +15,8 @@ from securecache.errors import (
     UnavailableError,
     ValidationError,
 )
-from securecache.models import Page, Score, ScoreUpdate, Security
+from securecache.models import Health, Page, Score, ScoreUpdate, ScoreWrite, Security
 from securecache.settings import Settings
-from securecache.store import ScoreWrite
 
 __all__ = [
     "ConfigurationError",

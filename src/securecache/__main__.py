@@ -2,6 +2,6 @@
 
 import sys
 
-from securecache.cli import main
+from securecache.ops.cli import main
 
 sys.exit(main())

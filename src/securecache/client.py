@@ -2,36 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Self
 
-import attrs
 from opentelemetry import metrics, trace
 
 from securecache.cache import CircuitBreaker, RedisCache, connect
-from securecache.errors import (
-    ConfigurationError,
-    ConflictError,
-    NotFoundError,
-    PermissionDeniedError,
-    SecureCacheError,
-    ValidationError,
-)
+from securecache.errors import ConfigurationError, SecureCacheError, ValidationError
 from securecache.keys import KeyScheme, Kind
 from securecache.listener import ChangeListener
-from securecache.models import Page, Score, ScoreUpdate, Security, validate_id, validate_ids
-from securecache.readthrough import ReadThrough, TTLPolicy
+from securecache.models import (
+    MAX_BATCH,
+    MAX_PAGE,
+    Health,
+    Page,
+    Score,
+    ScoreUpdate,
+    ScoreWrite,
+    Security,
+    validate_id,
+    validate_ids,
+)
+from securecache.readthrough import CacheBackend, ReadThrough, TTLPolicy, drop
 from securecache.settings import Settings
-from securecache.store import ScoreWrite, Store
+from securecache.store import Store
 from securecache.telemetry import Telemetry
-
-MAX_PAGE = 500
-MAX_WRITE_BATCH = 1000
 
 
 def encode_cursor(last_id: str) -> str:
@@ -124,8 +122,8 @@ class Scores:
         if not isinstance(updates, Mapping):
             raise ValidationError("updates must map security ids to ScoreUpdate values")
         validate_ids(list(updates))
-        if not 1 <= len(updates) <= MAX_WRITE_BATCH:
-            raise ValidationError(f"a batch holds 1 to {MAX_WRITE_BATCH} scores", field="items")
+        if not 1 <= len(updates) <= MAX_BATCH:
+            raise ValidationError(f"a batch holds 1 to {MAX_BATCH} scores", field="items")
         for update in updates.values():
             if not isinstance(update, ScoreUpdate):
                 raise ValidationError("scores are written as ScoreUpdate values")
@@ -141,28 +139,11 @@ class Scores:
                     raise ValidationError("if_version must be an integer >= 1", field="if_version")
         with self._telemetry.call_span("securecache scores.put") as span:
             span.set_attribute("securecache.ids", len(updates))
-            ids = list(updates)
-            token = secrets.token_hex(8)
-            await self._reads.reserve(ids, token)
-            try:
-                writes = await self._store.upsert_scores(updates, if_versions)
-            except _NOT_WRITTEN:
-                await self._reads.release(ids)  # nothing changed: the cached values stand
-                raise
-            except BaseException:
-                # Cancelled, or the commit's outcome is unknown (the connection dropped): it
-                # may have landed, so the cached values may be stale. Drop them.
-                await asyncio.shield(self._reads.discard(ids))
-                raise
-            # Shielded: a caller cancelled now must not leave the old value cached.
-            await asyncio.shield(
-                self._reads.write_through([w.score for w in writes.values()], token)
+            return await self._reads.write(
+                list(updates),
+                lambda: self._store.upsert_scores(updates, if_versions),
+                lambda writes: [w.score for w in writes.values()],
             )
-            return writes
-
-
-_NOT_WRITTEN = (ConflictError, NotFoundError, PermissionDeniedError, ValidationError)
-"""Failures after which PostgreSQL certainly changed nothing."""
 
 
 class SecureCache:
@@ -178,7 +159,10 @@ class SecureCache:
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        wrap_redis: Callable[[CacheBackend], CacheBackend] | None = None,
     ) -> None:
+        """``wrap_redis`` is a seam: it receives the Redis backend the policy would use and
+        returns the one it uses instead (instrumentation, or a fault or delay in tests)."""
         self.settings = settings if settings is not None else Settings.from_env()
         s = self.settings
         if not s.database_url:
@@ -208,12 +192,15 @@ class SecureCache:
             if s.redis_url
             else None
         )
+        self._backend: CacheBackend | None = self._cache
+        if self._backend is not None and wrap_redis is not None:
+            self._backend = wrap_redis(self._backend)
         ttl = TTLPolicy(s.ttl_seconds, s.negative_ttl_seconds, s.ttl_jitter)
         security_reads = ReadThrough(
             kind=Kind.SECURITY,
             record_type=Security,
             fetch=self._store.securities,
-            cache=self._cache,
+            cache=self._backend,
             keys=self._keys,
             ttl=ttl,
             telemetry=self._telemetry,
@@ -223,7 +210,7 @@ class SecureCache:
             kind=Kind.SCORE,
             record_type=Score,
             fetch=self._store.scores,
-            cache=self._cache,
+            cache=self._backend,
             keys=self._keys,
             ttl=ttl,
             telemetry=self._telemetry,
@@ -281,16 +268,7 @@ class SecureCache:
         """Drop the cached security and score of ``security_id`` (and void fills in flight)."""
         validate_id(security_id)
         with self._telemetry.call_span("securecache invalidate"):
-            # One DEL for both kinds (their keys share the id's hash slot).
-            ids = [security_id]
-            for reads in self._reads:
-                reads.forget(ids)
-            if self._cache is not None:
-                await self._cache.delete(
-                    [k for reads in self._reads for k in reads.entry_keys(ids)]
-                )
-            for reads in self._reads:
-                reads.forget(ids)
+            await drop(self._backend, self._reads, [security_id])
 
     async def health(self) -> Health:
         """Whether PostgreSQL answers and in what state Redis is (for readiness probes)."""
@@ -306,16 +284,3 @@ class SecureCache:
         else:
             redis = "degraded"
         return Health(database=database, redis=redis)
-
-
-@attrs.frozen
-class Health:
-    """Readiness: serving needs PostgreSQL; Redis only makes it faster."""
-
-    database: bool
-    redis: str
-    """"ok", "degraded" (down, or catching up after an outage) or "disabled"."""
-
-    @property
-    def ready(self) -> bool:
-        return self.database

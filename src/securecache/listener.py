@@ -2,30 +2,33 @@
 
 The schema's triggers ``NOTIFY securecache_changes`` with ``{table, id, version, op}`` for
 every committed change, whoever makes it (a pipeline loading securities, an operator's
-UPDATE). The listener replaces each cached entry older than the announced version with a
-floor that refuses older writes still in flight (a later insert thus also replaces a
-negative-cache marker); a deleted row's entry is dropped. Notifications sent while the listener is
-disconnected are lost, so on every reconnect it catches up: every row whose ``updated_at`` is
-later than the last moment it knew itself connected (less a margin for transactions that
-committed late) is treated as announced again. Rows deleted during a disconnection cannot be
-found that way; their entries live out their TTL.
+UPDATE). Any role that can connect can send a notice on that channel too, so a notice is only
+a hint that an id changed: the listener reads the current versions of the ids it was told
+about from PostgreSQL, in batches (one query per kind for everything that arrived together),
+and acts on those. An entry older than the version PostgreSQL holds is replaced by a floor that
+refuses older writes still in flight (a later insert thus also replaces a negative-cache
+marker); the entry of an id PostgreSQL does not have is dropped, and no key is created for it.
+
+Notifications sent while the listener is disconnected are lost, so on every reconnect it
+catches up: every row whose ``updated_at`` is later than the last moment it knew itself
+connected (less a margin for transactions that committed late) is treated as announced again.
+Rows deleted during a disconnection cannot be found that way; their entries live out their TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 import psycopg
 
-from securecache.cache import RedisCache
+from securecache import store
 from securecache.keys import KeyScheme, Kind
 from securecache.models import validate_id
-from securecache.schema import CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +36,30 @@ HEARTBEAT_SECONDS: Final = 5.0
 APPLICATION_NAME: Final = "securecache-listener"
 """How the listener's connection shows in pg_stat_activity."""
 RECONNECT_SECONDS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
+NOTICE_BATCH: Final = 1000
+"""Most notices applied together: one version query per kind, one Redis pipeline."""
+NOTICE_WINDOW_SECONDS: Final = 0.005
+"""After a first notice, how long notices already on their way are gathered into its batch."""
+STOP_SECONDS: Final = 5.0
+"""Longest wait for the listener task to finish when the cache closes."""
 _TABLES: Final = {"security": Kind.SECURITY, "score": Kind.SCORE}
-_CATCH_UP: Final = {
-    Kind.SECURITY: "SELECT id, version FROM securecache.security WHERE updated_at > %s",
-    Kind.SCORE: "SELECT security_id, version FROM securecache.score WHERE updated_at > %s",
-}
+
+
+class Invalidator(Protocol):
+    """What the listener needs of the cache: floor or drop entries older than PostgreSQL."""
+
+    async def invalidate_older(
+        self, targets: Sequence[tuple[str, str, int]], ttl_ms: int
+    ) -> list[int]: ...
 
 
 class ChangeListener:
-    """A background task: LISTEN, apply, heartbeat, reconnect and catch up."""
+    """A background task: LISTEN, re-read, apply, heartbeat, reconnect and catch up."""
 
     def __init__(
         self,
         url: str,
-        cache: RedisCache,
+        cache: Invalidator,
         keys: KeyScheme,
         *,
         floor_ttl_ms: int,
@@ -63,7 +76,7 @@ class ChangeListener:
         self.connected = asyncio.Event()
         """Set while LISTEN is in place (tests and readiness wait on it)."""
         self.applied = 0
-        """Notifications applied so far (for tests and metrics)."""
+        """Changes applied so far, after re-reading (for tests and metrics)."""
 
     def start(self) -> None:
         if self._task is None:
@@ -71,12 +84,19 @@ class ChangeListener:
                 self._run(), name="securecache-listener"
             )
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, grace: float = STOP_SECONDS) -> None:
+        """Cancel the task and wait for it at most ``grace`` seconds.
+
+        Bounded, so a closing application never hangs on a busy listener; the caller's own
+        cancellation is not swallowed (``asyncio.wait`` leaves it to propagate).
+        """
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=grace)
+        if not done:
+            log.warning("change listener did not stop within %.1fs; leaving it", grace)
 
     async def _run(self) -> None:
         while True:
@@ -95,50 +115,78 @@ class ChangeListener:
         async with await psycopg.AsyncConnection.connect(
             self._url, autocommit=True, application_name=APPLICATION_NAME
         ) as conn:
-            await conn.execute(f"LISTEN {CHANNEL}")
-            now = await self._clock(conn)
+            await store.listen(conn)
+            now = await store.clock(conn)
             if self._alive_at is not None:
-                await self._catch_up(conn, self._alive_at - self._margin)
+                changes = await store.changed_since(conn, self._alive_at - self._margin)
+                log.info("change listener: catching up %d change(s)", len(changes))
+                await self._apply(changes)
             self._alive_at = now
             self.connected.set()
             self._failures = 0  # a healthy connection: the next outage starts the backoff anew
             while True:
-                async for notify in conn.notifies(timeout=HEARTBEAT_SECONDS):
-                    await self._apply([_parse(notify.payload)])
-                # Idle for a heartbeat: prove the connection works and move the mark.
-                self._alive_at = await self._clock(conn)
+                hinted = await _gather(conn)
+                if hinted:
+                    await self._apply(await _current(conn, hinted))
+                else:  # idle for a heartbeat: prove the connection works and move the mark
+                    self._alive_at = await store.clock(conn)
 
-    @staticmethod
-    async def _clock(conn: psycopg.AsyncConnection[Any]) -> datetime:
-        row = await (await conn.execute("SELECT clock_timestamp()")).fetchone()
-        assert row is not None
-        value: datetime = row[0]
-        return value
-
-    async def _catch_up(self, conn: psycopg.AsyncConnection[Any], since: datetime) -> None:
-        changes: list[tuple[Kind, str, int] | None] = []
-        for kind, query in _CATCH_UP.items():
-            rows = await (await conn.execute(query, (since,))).fetchall()
-            changes += [(kind, row[0], row[1]) for row in rows]
-        log.info("change listener: catching up %d change(s) since %s", len(changes), since)
-        await self._apply(changes)
-
-    async def _apply(self, changes: list[tuple[Kind, str, int] | None]) -> None:
+    async def _apply(self, changes: Iterable[tuple[Kind, str, int]]) -> None:
         targets = [
             (self._keys.value(kind, id_), self._keys.lease(kind, id_), version)
-            for kind, id_, version in filter(None, changes)
+            for kind, id_, version in changes
         ]
-        await self._cache.invalidate_older(targets, self._floor_ttl_ms)
+        for start in range(0, len(targets), NOTICE_BATCH):
+            await self._cache.invalidate_older(
+                targets[start : start + NOTICE_BATCH], self._floor_ttl_ms
+            )
         self.applied += len(targets)
 
 
-def _parse(payload: str) -> tuple[Kind, str, int] | None:
-    """A notification as (kind, id, version); None (logged) for anything unexpected."""
+async def _gather(conn: psycopg.AsyncConnection[Any]) -> dict[tuple[Kind, str], None]:
+    """The (kind, id) pairs of the next notices: wait a heartbeat for one, then take what
+    else has arrived within a few milliseconds, up to a batch. Empty after a quiet heartbeat.
+
+    Each ``notifies`` generator is run to its end (``stop_after``/``timeout``), never left
+    with ``break``, so the connection's lock is free for the queries that follow.
+    """
+    hinted: dict[tuple[Kind, str], None] = {}
+    async for notify in conn.notifies(timeout=HEARTBEAT_SECONDS, stop_after=1):
+        _add(hinted, notify.payload)
+    if hinted:
+        async for notify in conn.notifies(
+            timeout=NOTICE_WINDOW_SECONDS, stop_after=NOTICE_BATCH - 1
+        ):
+            _add(hinted, notify.payload)
+    return hinted
+
+
+async def _current(
+    conn: psycopg.AsyncConnection[Any], hinted: Iterable[tuple[Kind, str]]
+) -> list[tuple[Kind, str, int]]:
+    """What PostgreSQL holds now for each hinted id; 0 for an id it does not have."""
+    by_kind: dict[Kind, list[str]] = {}
+    for kind, id_ in hinted:
+        by_kind.setdefault(kind, []).append(id_)
+    changes: list[tuple[Kind, str, int]] = []
+    for kind, ids in by_kind.items():
+        held = await store.versions(conn, kind, ids)
+        changes += [(kind, id_, held.get(id_, 0)) for id_ in ids]
+    return changes
+
+
+def _add(hinted: dict[tuple[Kind, str], None], payload: str) -> None:
+    parsed = _parse(payload)
+    if parsed is not None:
+        hinted[parsed] = None
+
+
+def _parse(payload: str) -> tuple[Kind, str] | None:
+    """A notice as (kind, id); None (logged) for anything unexpected. Its version is ignored:
+    the version that counts is the one PostgreSQL holds when the notice is applied."""
     try:
         data = orjson.loads(payload)
-        kind = _TABLES[data["table"]]
-        version = int(data["version"])  # 0 for a delete: drops any entry
-        return kind, validate_id(data["id"]), version
+        return _TABLES[data["table"]], validate_id(data["id"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.warning("change listener: ignoring unexpected notification %.200r", payload)
         return None

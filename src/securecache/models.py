@@ -19,6 +19,10 @@ from securecache.errors import ValidationError
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 """Ids: 1 to 64 characters of ``[A-Za-z0-9._:-]``, starting with a letter or digit."""
 
+MAX_PAGE: Final = 500
+"""Most records in one page of a listing."""
+MAX_BATCH: Final = 500
+"""Most ids in one batch write, one HTTP batch read, and one Redis or SQL round trip."""
 SCORE_MIN: Final = 0.0
 SCORE_MAX: Final = 10.0
 SCORE_FIELDS: Final = ("growth", "value", "quality", "momentum")
@@ -172,3 +176,24 @@ class Page(Generic[T]):
 
     items: Sequence[T]
     next_cursor: str | None
+
+
+@attrs.frozen
+class ScoreWrite:
+    """A committed score write: the row as stored, and whether it was created."""
+
+    score: Score
+    created: bool
+
+
+@attrs.frozen
+class Health:
+    """Readiness: serving needs PostgreSQL; Redis only makes it faster."""
+
+    database: bool
+    redis: str
+    """"ok", "degraded" (down, or catching up after an outage) or "disabled"."""
+
+    @property
+    def ready(self) -> bool:
+        return self.database

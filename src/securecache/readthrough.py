@@ -8,6 +8,12 @@ and every get or get_many issued before the loop comes round rides the same MGET
 PostgreSQL query for the misses and the same pipelined fill. A key already being loaded is
 not loaded again: later callers wait on the same future (single-flight), so a herd on a cold
 key makes one query per process.
+
+Writes live here too, beside the reads whose fills they must void: :meth:`ReadThrough.write`
+runs the whole lease sequence of a write-through (take the leases over, commit, then store or
+give back or drop), and :func:`drop` drops the records of an id. The Redis side
+is reached only through :class:`CacheBackend`, so tests can put a fault or a delay in between
+without touching private names.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from securecache import codec
-from securecache.cache import REFUSED_NEWER, STORED, CacheWrite, RedisCache
+from securecache import codec, models
+from securecache.cache import REFUSED_NEWER, STORED, CacheWrite
+from securecache.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from securecache.keys import KeyScheme, Kind
 from securecache.models import Score, Security
 from securecache.telemetry import SOURCE, Telemetry
@@ -28,9 +35,41 @@ from securecache.telemetry import SOURCE, Telemetry
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", Security, Score)
+T = TypeVar("T")
 Fetch = Callable[[Sequence[str]], Awaitable[dict[str, R]]]
 
-MAX_BATCH = 500
+NOTHING_WRITTEN: tuple[type[Exception], ...] = (
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
+"""Failures of a commit after which PostgreSQL certainly changed nothing."""
+
+
+class CacheBackend(Protocol):
+    """The Redis round trips the policy needs (:class:`securecache.cache.RedisCache`).
+
+    Every method fails open: no answer from Redis is a miss, a refused lease or a write not
+    done, never an exception.
+    """
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    async def take_leases(
+        self, lease_keys: Sequence[str], token: str, ttl_ms: int, *, take_over: bool = False
+    ) -> list[bool]: ...
+
+    async def release_leases(self, lease_keys: Sequence[str]) -> None: ...
+
+    async def compare_and_set(
+        self, writes: Sequence[CacheWrite], token: str, *, write_through: bool = False
+    ) -> list[int]: ...
+
+    async def delete(self, keys: Sequence[str]) -> bool: ...
+
+
+MAX_BATCH = models.MAX_BATCH
 """Most keys in one round trip; bigger batches are split (bounded Redis and SQL arguments)."""
 
 
@@ -56,7 +95,7 @@ class ReadThrough(Generic[R]):
         kind: Kind,
         record_type: type[R],
         fetch: Fetch[R],
-        cache: RedisCache | None,
+        cache: CacheBackend | None,
         keys: KeyScheme,
         ttl: TTLPolicy,
         telemetry: Telemetry,
@@ -206,27 +245,43 @@ class ReadThrough(Generic[R]):
                 len(outcomes) - stored - newer, {**attrs, "securecache.reason": "lease"}
             )
 
-    async def reserve(self, ids: Sequence[str], token: str) -> None:
-        """Before a write commits: take the leases over, voiding every fill in flight.
+    async def write(
+        self,
+        ids: Sequence[str],
+        commit: Callable[[], Awaitable[T]],
+        committed: Callable[[T], Sequence[R]],
+    ) -> T:
+        """Commit a write in PostgreSQL and bring the cache along, whatever happens.
 
-        Loads in flight in this process started before the write: later gets must not
-        join them, or they would return what the write replaces.
+        Before the commit the leases of ``ids`` are taken over, which voids every fill in
+        flight (a fill that read the old row can no longer store it). Then: if the commit
+        certainly changed nothing, the leases are given back; if its outcome is unknown
+        (cancelled, connection lost), the entries are dropped; if it committed, the records
+        ``committed(result)`` are stored under the leases. The cache steps are shielded: a
+        caller cancelled at the wrong moment must not leave an old value cached.
         """
+        token = secrets.token_hex(8)
         self.forget(ids)
+        leases = [self._keys.lease(self._kind, i) for i in ids]
         if self._cache is not None:
-            leases = [self._keys.lease(self._kind, i) for i in ids]
             await self._cache.take_leases(leases, token, self._lease_ms, take_over=True)
+        try:
+            result = await commit()
+        except NOTHING_WRITTEN:
+            if self._cache is not None:  # nothing changed: the cached values stand
+                await self._cache.release_leases(leases)
+            raise
+        except BaseException:
+            await asyncio.shield(self.discard(ids))
+            raise
+        await asyncio.shield(self._write_through(committed(result), token))
+        return result
 
-    async def release(self, ids: Sequence[str]) -> None:
-        """After a write failed: give the leases back (the cached values are still right)."""
-        if self._cache is not None:
-            await self._cache.release_leases([self._keys.lease(self._kind, i) for i in ids])
-
-    async def write_through(self, records: Sequence[R], token: str) -> list[int]:
-        """Store committed records under the leases taken by :meth:`reserve`."""
+    async def _write_through(self, records: Sequence[R], token: str) -> None:
+        """Store committed records under the leases :meth:`write` took."""
         self.forget([self._id(r) for r in records])
         if not self._cache or not records:
-            return []
+            return
         writes = [
             CacheWrite(
                 key=self._keys.value(self._kind, self._id(r)),
@@ -242,18 +297,10 @@ class ReadThrough(Generic[R]):
         # entry: gets issued from now on must not join it.
         self.forget([self._id(r) for r in records])
         self._count_writes(outcomes)
-        return outcomes
 
     async def discard(self, ids: Sequence[str]) -> None:
-        """Drop the cached entries of ``ids`` and void fills in flight (their leases).
-
-        Loads in flight in this process are detached before and after, so no get issued
-        after this returns shares one that read the old entry.
-        """
-        self.forget(ids)
-        if self._cache is not None:
-            await self._cache.delete(self.entry_keys(ids))
-            self.forget(ids)
+        """Drop the cached entries of ``ids`` and void fills in flight (their leases)."""
+        await drop(self._cache, [self], ids)
 
     def entry_keys(self, ids: Sequence[str]) -> list[str]:
         """The value and lease keys of ``ids``: what dropping an entry deletes."""
@@ -276,6 +323,23 @@ class ReadThrough(Generic[R]):
         """Wait for loads in flight (their callers are waiting on them anyway)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def drop(
+    cache: CacheBackend | None, reads: Sequence[ReadThrough[Any]], ids: Sequence[str]
+) -> None:
+    """Drop the entries of ``ids`` of every kind in ``reads``, with one DEL (their keys share
+    the id's hash slot), and void fills in flight (their leases go too).
+
+    Loads in flight in this process are detached before and after, so no get issued after
+    this returns shares one that read the old entry.
+    """
+    for r in reads:
+        r.forget(ids)
+    if cache is not None:
+        await cache.delete([k for r in reads for k in r.entry_keys(ids)])
+        for r in reads:
+            r.forget(ids)
 
 
 def _resolve(future: asyncio.Future[tuple[R | None, str]], record: R | None, source: str) -> None:

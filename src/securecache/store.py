@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, Final
 
-import attrs
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from securecache.errors import (
@@ -23,8 +24,12 @@ from securecache.errors import (
     UnavailableError,
     ValidationError,
 )
-from securecache.models import Score, ScoreUpdate, Security
+from securecache.keys import Kind
+from securecache.models import Score, ScoreUpdate, ScoreWrite, Security
 from securecache.telemetry import Telemetry
+
+CHANNEL: Final = "securecache_changes"
+"""NOTIFY channel on which the schema's triggers announce every change of a row."""
 
 _SECURITY_COLUMNS: Final = "id, name, symbol, exchange, version, updated_at"
 _SCORE_COLUMNS: Final = "security_id, growth, value, quality, momentum, version, updated_at"
@@ -62,14 +67,14 @@ SELECT s.id, sc.version
 FROM securecache.security s LEFT JOIN securecache.score sc ON sc.security_id = s.id
 WHERE s.id = %s
 """
-
-
-@attrs.frozen
-class ScoreWrite:
-    """A committed score write: the row as stored, and whether it was created."""
-
-    score: Score
-    created: bool
+_VERSIONS: Final = {
+    Kind.SECURITY: "SELECT id, version FROM securecache.security WHERE id = ANY(%s)",
+    Kind.SCORE: "SELECT security_id, version FROM securecache.score WHERE security_id = ANY(%s)",
+}
+_CHANGED_SINCE: Final = {
+    Kind.SECURITY: "SELECT id, version FROM securecache.security WHERE updated_at > %s",
+    Kind.SCORE: "SELECT security_id, version FROM securecache.score WHERE updated_at > %s",
+}
 
 
 def _security(row: Sequence[Any]) -> Security:
@@ -259,3 +264,38 @@ class Store:
         )
         row = await cur.fetchone()
         return None if row is None else str(row[0])
+
+
+# -- the change channel (used by the listener on a connection of its own) -------------------
+
+
+async def listen(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Subscribe ``conn`` to the change channel."""
+    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+
+
+async def clock(conn: psycopg.AsyncConnection[Any]) -> datetime:
+    """The server's clock (the listener's catch-up mark: the server's time, not ours)."""
+    row = await (await conn.execute("SELECT clock_timestamp()")).fetchone()
+    assert row is not None
+    value: datetime = row[0]
+    return value
+
+
+async def versions(
+    conn: psycopg.AsyncConnection[Any], kind: Kind, ids: Sequence[str]
+) -> dict[str, int]:
+    """The current version of each of ``ids`` that exists: one query, whatever a notice said."""
+    rows = await (await conn.execute(_VERSIONS[kind], (list(ids),))).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+async def changed_since(
+    conn: psycopg.AsyncConnection[Any], since: datetime
+) -> list[tuple[Kind, str, int]]:
+    """Every row changed after ``since``, as (kind, id, version)."""
+    changes: list[tuple[Kind, str, int]] = []
+    for kind, query in _CHANGED_SINCE.items():
+        rows = await (await conn.execute(query, (since,))).fetchall()
+        changes += [(kind, row[0], row[1]) for row in rows]
+    return changes

@@ -3,25 +3,29 @@
 Same shape as the async API, same code underneath: every call runs the async
 implementation on one event loop owned by a background thread and waits for its result. So
 there is one copy of the caching logic, and batching and single-flight work across the threads
-of a sync application too (their gets meet on the shared loop).
+of a sync application too (their gets meet on the shared loop). Each sync method is declared
+in one line by :func:`_twin` from its async original, whose signature and docstring it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 from opentelemetry import metrics, trace
 
 from securecache import client
-from securecache.models import Page, Score, ScoreUpdate, Security
+from securecache.models import Health
+from securecache.readthrough import CacheBackend
 from securecache.settings import Settings
-from securecache.store import ScoreWrite
 
 T = TypeVar("T")
+P = ParamSpec("P")
+Inner = TypeVar("Inner")
 
 __all__ = ["Scores", "SecureCache", "Securities"]
 
@@ -48,54 +52,45 @@ class _LoopThread:
         self._loop.close()
 
 
-class Securities:
+class _Twin(Generic[Inner]):
+    """A sync view of an async object: its methods run on the loop thread."""
+
+    def __init__(self, inner: Inner, loop: _LoopThread) -> None:
+        self._inner = inner
+        self._loop = loop
+
+
+def _twin(
+    method: Callable[Concatenate[Inner, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[_Twin[Inner], P], T]:
+    """The sync method of an async one: same parameters, same docstring, plain result."""
+
+    @functools.wraps(method)
+    def call(self: _Twin[Inner], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._loop.run(method(self._inner, *args, **kwargs))
+
+    return call
+
+
+class Securities(_Twin[client.Securities]):
     """Sync twin of :class:`securecache.client.Securities`."""
 
-    def __init__(self, inner: client.Securities, loop: _LoopThread) -> None:
-        self._inner = inner
-        self._loop = loop
-
-    def get(self, security_id: str) -> Security | None:
-        return self._loop.run(self._inner.get(security_id))
-
-    def get_many(self, security_ids: Iterable[str]) -> dict[str, Security]:
-        return self._loop.run(self._inner.get_many(security_ids))
-
-    def list(self, limit: int = 50, after: str | None = None) -> Page[Security]:
-        return self._loop.run(self._inner.list(limit=limit, after=after))
+    get = _twin(client.Securities.get)
+    get_many = _twin(client.Securities.get_many)
+    list = _twin(client.Securities.list)
 
 
-class Scores:
+class Scores(_Twin[client.Scores]):
     """Sync twin of :class:`securecache.client.Scores`."""
 
-    def __init__(self, inner: client.Scores, loop: _LoopThread) -> None:
-        self._inner = inner
-        self._loop = loop
-
-    def get(self, security_id: str) -> Score | None:
-        return self._loop.run(self._inner.get(security_id))
-
-    def get_many(self, security_ids: Iterable[str]) -> dict[str, Score]:
-        return self._loop.run(self._inner.get_many(security_ids))
-
-    def put(self, security_id: str, update: ScoreUpdate, *, if_version: int | None = None) -> Score:
-        return self._loop.run(self._inner.put(security_id, update, if_version=if_version))
-
-    def upsert(
-        self, security_id: str, update: ScoreUpdate, *, if_version: int | None = None
-    ) -> ScoreWrite:
-        return self._loop.run(self._inner.upsert(security_id, update, if_version=if_version))
-
-    def upsert_many(
-        self,
-        updates: Mapping[str, ScoreUpdate],
-        *,
-        if_versions: Mapping[str, int | None] | None = None,
-    ) -> dict[str, ScoreWrite]:
-        return self._loop.run(self._inner.upsert_many(updates, if_versions=if_versions))
+    get = _twin(client.Scores.get)
+    get_many = _twin(client.Scores.get_many)
+    put = _twin(client.Scores.put)
+    upsert = _twin(client.Scores.upsert)
+    upsert_many = _twin(client.Scores.upsert_many)
 
 
-class SecureCache:
+class SecureCache(_Twin[client.SecureCache]):
     """Sync twin of :class:`securecache.SecureCache`: plain methods, plain ``with``."""
 
     def __init__(
@@ -104,17 +99,19 @@ class SecureCache:
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        wrap_redis: Callable[[CacheBackend], CacheBackend] | None = None,
     ) -> None:
-        self._loop = _LoopThread()
+        loop = _LoopThread()
         try:
             # Built on the loop's thread, so pools and futures belong to that loop.
-            self._inner = self._loop.run(_build(settings, tracer_provider, meter_provider))
+            inner = loop.run(_build(settings, tracer_provider, meter_provider, wrap_redis))
         except BaseException:
-            self._loop.stop()
+            loop.stop()
             raise
-        self.settings = self._inner.settings
-        self.securities = Securities(self._inner.securities, self._loop)
-        self.scores = Scores(self._inner.scores, self._loop)
+        super().__init__(inner, loop)
+        self.settings = inner.settings
+        self.securities = Securities(inner.securities, loop)
+        self.scores = Scores(inner.scores, loop)
         self._closed = False
 
     def open(self) -> Self:
@@ -141,10 +138,9 @@ class SecureCache:
     ) -> None:
         self.close()
 
-    def invalidate(self, security_id: str) -> None:
-        self._loop.run(self._inner.invalidate(security_id))
+    invalidate = _twin(client.SecureCache.invalidate)
 
-    def health(self) -> client.Health:
+    def health(self) -> Health:
         return self._loop.run(self._inner.health())
 
 
@@ -152,7 +148,11 @@ async def _build(
     settings: Settings | None,
     tracer_provider: trace.TracerProvider | None,
     meter_provider: metrics.MeterProvider | None,
+    wrap_redis: Callable[[CacheBackend], CacheBackend] | None,
 ) -> client.SecureCache:
     return client.SecureCache(
-        settings, tracer_provider=tracer_provider, meter_provider=meter_provider
+        settings,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        wrap_redis=wrap_redis,
     )

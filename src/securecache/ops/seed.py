@@ -16,7 +16,7 @@ import attrs
 import psycopg
 
 from securecache.errors import ValidationError
-from securecache.loader import UPSERT_SECURITIES
+from securecache.ops.loader import UPSERT_SECURITIES
 
 EXCHANGES: Final = ("XNYS", "XNAS", "XLON", "XPAR", "XETR", "XTKS")
 DEFAULT_RNG_SEED: Final = 20240101

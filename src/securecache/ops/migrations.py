@@ -15,12 +15,13 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from securecache.models import ID_PATTERN, SCORE_MAX, SCORE_MIN, TEXT_MAX
+from securecache.store import CHANNEL
+
 SCHEMA: Final = "securecache"
 OWNER_ROLE: Final = "securecache_owner"
 WRITER_ROLE: Final = "securecache_writer"
 READER_ROLE: Final = "securecache_reader"
-CHANNEL: Final = "securecache_changes"
-"""NOTIFY channel on which the triggers announce every change of a row."""
 _LOCK_KEY: Final = 0x5EC0CAC4E
 _ATTEMPTS: Final = 5
 
@@ -28,9 +29,15 @@ _ATTEMPTS: Final = 5
 def _text_rule(column: str) -> str:
     """The SQL twin of ``models.validate_text``: 1-256 characters, not only spaces, no Cc."""
     return (
-        f"length({column}) BETWEEN 1 AND 256 AND btrim({column}) <> '' "
+        f"length({column}) BETWEEN 1 AND {TEXT_MAX} AND btrim({column}) <> '' "
         f"AND {column} !~ '[\\x01-\\x1f\\x7f-\\x9f]'"
     )
+
+
+def _score_rule(column: str) -> str:
+    """The SQL twin of ``models.validate_score_value`` (NaN compares greater than every
+    number in PostgreSQL, so the upper bound refuses it too)."""
+    return f"{column} >= {SCORE_MIN:g} AND {column} <= {SCORE_MAX:g}"
 
 
 _ROLES: Final = f"""
@@ -67,7 +74,7 @@ SET ROLE {OWNER_ROLE};
 -- Ids use the "C" collation: byte order, the same on every server, so keyset pagination
 -- (ORDER BY id) is stable and served by the primary key's index.
 CREATE TABLE IF NOT EXISTS {SCHEMA}.security (
-    id          text COLLATE "C" PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{{0,63}}$'),
+    id          text COLLATE "C" PRIMARY KEY CHECK (id ~ '^{ID_PATTERN.pattern}$'),
     name        text NOT NULL CONSTRAINT security_name_valid CHECK ({_text_rule("name")}),
     symbol      text NOT NULL CONSTRAINT security_symbol_valid CHECK ({_text_rule("symbol")}),
     exchange    text NOT NULL CONSTRAINT security_exchange_valid CHECK ({_text_rule("exchange")}),
@@ -78,10 +85,10 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.security (
 -- NaN compares greater than every number in PostgreSQL, so "<= 10" also refuses NaN.
 CREATE TABLE IF NOT EXISTS {SCHEMA}.score (
     security_id text COLLATE "C" PRIMARY KEY REFERENCES {SCHEMA}.security (id) ON DELETE CASCADE,
-    growth      double precision NOT NULL CHECK (growth >= 0 AND growth <= 10),
-    value       double precision NOT NULL CHECK (value >= 0 AND value <= 10),
-    quality     double precision NOT NULL CHECK (quality >= 0 AND quality <= 10),
-    momentum    double precision NOT NULL CHECK (momentum >= 0 AND momentum <= 10),
+    growth      double precision NOT NULL CHECK ({_score_rule("growth")}),
+    value       double precision NOT NULL CHECK ({_score_rule("value")}),
+    quality     double precision NOT NULL CHECK ({_score_rule("quality")}),
+    momentum    double precision NOT NULL CHECK ({_score_rule("momentum")}),
     version     bigint NOT NULL DEFAULT 1,
     updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );

@@ -27,9 +27,10 @@ import psycopg
 import redis
 from psycopg import sql
 
-from securecache import schema
-from securecache.acl import setuser_rules
-from securecache.dev import (
+from securecache.errors import ConfigurationError, SecureCacheError
+from securecache.ops import migrations
+from securecache.ops.acl import setuser_rules
+from securecache.ops.dev import (
     ServerInfo,
     default_base_dir,
     derive_url,
@@ -37,9 +38,8 @@ from securecache.dev import (
     resolve_servers,
     role_passwords,
 )
-from securecache.errors import ConfigurationError, SecureCacheError
-from securecache.loader import load_securities
-from securecache.seed import seed
+from securecache.ops.loader import load_securities
+from securecache.ops.seed import seed
 from securecache.settings import Settings, redact_url
 
 DATABASE_URL_VAR: Final = "SECURECACHE_DATABASE_URL"
@@ -98,12 +98,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     url = _database_url(args)
     writer = env_secret(WRITER_PASSWORD_VAR)
     reader = env_secret(READER_PASSWORD_VAR)
-    schema.migrate(url, writer_password=writer, reader_password=reader)
+    migrations.migrate(url, writer_password=writer, reader_password=reader)
     passwords = [role for role, pw in (("writer", writer), ("reader", reader)) if pw is not None]
     note = f"; passwords set for {', '.join(passwords)}" if passwords else ""
     print(
-        f"migrated {_server_of(url)}: schema {schema.SCHEMA}, roles {schema.OWNER_ROLE}, "
-        f"{schema.WRITER_ROLE}, {schema.READER_ROLE}{note}"
+        f"migrated {_server_of(url)}: schema {migrations.SCHEMA}, roles {migrations.OWNER_ROLE}, "
+        f"{migrations.WRITER_ROLE}, {migrations.READER_ROLE}{note}"
     )
     return EXIT_OK
 
@@ -332,8 +332,8 @@ def _dev_role_passwords(
     left = [
         (role, var)
         for role, var, given in (
-            (schema.WRITER_ROLE, WRITER_PASSWORD_VAR, writer),
-            (schema.READER_ROLE, READER_PASSWORD_VAR, reader),
+            (migrations.WRITER_ROLE, WRITER_PASSWORD_VAR, writer),
+            (migrations.READER_ROLE, READER_PASSWORD_VAR, reader),
         )
         if given is None
     ]
@@ -368,7 +368,7 @@ def prepare_dev(
             if exists is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEV_DATABASE)))
     writer, reader = _dev_role_passwords(servers, base_dir, out)
-    schema.migrate(admin_url, writer_password=writer, reader_password=reader)
+    migrations.migrate(admin_url, writer_password=writer, reader_password=reader)
     with psycopg.connect(admin_url) as conn:
         row = conn.execute("SELECT EXISTS (SELECT FROM securecache.security)").fetchone()
     if row is not None and row[0]:
@@ -378,8 +378,8 @@ def prepare_dev(
     return DevEnvironment(
         servers=servers,
         admin_url=admin_url,
-        writer_url=derive_url(admin_url, user=schema.WRITER_ROLE, password=writer),
-        reader_url=derive_url(admin_url, user=schema.READER_ROLE, password=reader),
+        writer_url=derive_url(admin_url, user=migrations.WRITER_ROLE, password=writer),
+        reader_url=derive_url(admin_url, user=migrations.READER_ROLE, password=reader),
         redis_url=servers.redis_url,
     )
 
