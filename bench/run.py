@@ -36,8 +36,9 @@ from redis.utils import HIREDIS_AVAILABLE
 import securecache
 from securecache import ScoreUpdate, SecureCache, Settings
 from securecache import sync as securecache_sync
-from securecache.ops.dev import derive_url, resolve_servers
+from securecache.ops.dev import resolve_servers
 from securecache.ops.migrations import migrate
+from securecache.ops.provision import derive_url
 
 HERE = Path(__file__).parent
 DATABASE = "securecache_bench"

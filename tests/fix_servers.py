@@ -24,22 +24,20 @@ import pytest
 import redis
 from psycopg import sql
 
-from securecache.ops import migrations
+from securecache.ops.defaults import STATE_DIR_NAME
 from securecache.ops.dev import (
-    STATE_DIR_NAME,
     EmbeddedServers,
     ServerInfo,
     ServersBusyError,
-    derive_url,
     external_servers,
     role_passwords,
 )
+from securecache.ops.provision import derive_url, provision
 from securecache.settings import Settings
 
 DATABASE_PREFIX: Final = "sctest_"
 EMBEDDED_SLOTS: Final = 16
 """Concurrent sessions in one tree each take a slot ``.securecache/test-<n>``."""
-_MIGRATE_LOCK: Final = 0x5EC0_7E57
 _WORKER_KEY: Final = "securecache_servers"
 _SERVERS = pytest.StashKey[ServerInfo]()
 _EMBEDDED = pytest.StashKey[EmbeddedServers]()
@@ -177,22 +175,6 @@ def drop_database(servers: ServerInfo, name: str) -> None:
         )
 
 
-def migrate_database(servers: ServerInfo, admin_url: str, base_dir: Path) -> tuple[str, str]:
-    """Migrate the database of ``admin_url``; the service roles' URL passwords are returned.
-
-    Roles are cluster-wide: two sessions migrating at once would both ALTER the same role
-    rows and one could fail ("tuple concurrently updated"), so sessions take turns through
-    an advisory lock held in the maintenance database they all share.
-    """
-    passwords = role_passwords(servers, base_dir)
-    with psycopg.connect(servers.admin_url, autocommit=True) as lock:
-        lock.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
-        migrations.migrate(
-            admin_url, writer_password=passwords.writer, reader_password=passwords.reader
-        )
-    return passwords.writer, passwords.reader
-
-
 @pytest.fixture(scope="session")
 def servers(pytestconfig: pytest.Config) -> ServerInfo:
     """The session's PostgreSQL and Redis (external or embedded)."""
@@ -202,15 +184,20 @@ def servers(pytestconfig: pytest.Config) -> ServerInfo:
 @pytest.fixture(scope="session")
 def database(servers: ServerInfo, pytestconfig: pytest.Config) -> Iterator[Database]:
     """A migrated database of this session, dropped at its end."""
-    name = create_database(servers)
+    name = DATABASE_PREFIX + secrets.token_hex(6)
     try:
-        admin_url = derive_url(servers.admin_url, dbname=name)
-        writer, reader = migrate_database(servers, admin_url, state_base(pytestconfig))
+        passwords = role_passwords(servers, state_base(pytestconfig))
+        ready = provision(
+            servers.admin_url,
+            name,
+            writer_password=passwords.writer,
+            reader_password=passwords.reader,
+        )
         yield Database(
             name=name,
-            admin_url=admin_url,
-            writer_url=derive_url(admin_url, user=migrations.WRITER_ROLE, password=writer),
-            reader_url=derive_url(admin_url, user=migrations.READER_ROLE, password=reader),
+            admin_url=ready.admin_url,
+            writer_url=ready.writer_url,
+            reader_url=ready.reader_url,
         )
     finally:
         drop_database(servers, name)

@@ -21,17 +21,17 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from fix_servers import _MIGRATE_LOCK, Database, EmptyDatabase, state_base
+from fix_servers import Database, EmptyDatabase, state_base
 from securecache.ops import migrations
 from securecache.ops.cli import main
 from securecache.ops.dev import (
     RolePasswords,
     ServerInfo,
-    derive_url,
     free_port,
     leftover_processes,
     role_passwords,
 )
+from securecache.ops.provision import MIGRATE_LOCK, derive_url
 from securecache.ops.seed import EXCHANGES
 from securecache.settings import redact_url
 
@@ -269,7 +269,7 @@ def roles_to_ourselves(servers: ServerInfo) -> Iterator[None]:
     """No session migrates its database (and so sets the roles' passwords) during the test:
     they take turns through the advisory lock fix_servers holds while migrating."""
     with psycopg.connect(servers.admin_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
         yield
 
 

@@ -27,11 +27,11 @@ from securecache.ops.dev import (
     EmbeddedServersError,
     ServerInfo,
     ServersBusyError,
-    derive_url,
     leftover_processes,
     resolve_servers,
     role_passwords,
 )
+from securecache.ops.provision import derive_url
 from securecache.settings import Settings
 
 

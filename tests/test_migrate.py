@@ -8,9 +8,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from fix_servers import EmptyDatabase, MakeSecurities, migrate_database, state_base
+from fix_servers import EmptyDatabase, MakeSecurities, state_base
 from securecache.ops import migrations
-from securecache.ops.dev import ServerInfo
+from securecache.ops.dev import ServerInfo, role_passwords
+from securecache.ops.provision import provision
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -106,7 +107,13 @@ def snapshot(conn: Conn) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def migrate(servers: ServerInfo, db: EmptyDatabase, config: pytest.Config) -> None:
-    migrate_database(servers, db.admin_url, state_base(config))
+    passwords = role_passwords(servers, state_base(config))
+    provision(
+        servers.admin_url,
+        db.name,
+        writer_password=passwords.writer,
+        reader_password=passwords.reader,
+    )
 
 
 def test_an_empty_database_has_no_securecache_schema(empty_database: EmptyDatabase) -> None:

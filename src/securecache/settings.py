@@ -162,19 +162,28 @@ class Settings:
         return attrs.evolve(self, **changes)
 
 
+def read_secret(var: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """``$VAR``, or else the content of the file named by ``$VAR_FILE`` (a mounted Kubernetes
+    Secret), stripped; None when neither gives a value. The one reader of ``*_FILE``."""
+    env = os.environ if environ is None else environ
+    if value := env.get(var):
+        return value
+    if path := env.get(var + "_FILE"):
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            field = var.removeprefix(ENV_PREFIX).lower()
+            raise ConfigurationError(
+                f"{var}_FILE: cannot read {path}: {exc.strerror}", field=field
+            ) from exc
+    return None
+
+
 def _lookup(env: Mapping[str, str], name: str) -> str | None:
     var = ENV_PREFIX + name.upper()
-    value = env.get(var)
-    if name in _SECRET_FIELDS and not value:
-        path = env.get(var + "_FILE")
-        if path:
-            try:
-                return Path(path).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"{var}_FILE: cannot read {path}: {exc.strerror}", field=name
-                ) from exc
-    return value if value else None
+    if name in _SECRET_FIELDS:
+        return read_secret(var, env)
+    return env.get(var) or None
 
 
 def _parse(field: attrs.Attribute[Any], raw: str) -> Any:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 import psycopg
@@ -46,9 +46,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from securecache.errors import ConfigurationError, SecureCacheError
+from securecache.ops.defaults import STATE_DIR_NAME
+from securecache.ops.provision import derive_url
 from securecache.settings import Settings
 
-STATE_DIR_NAME: Final = ".securecache"
 SERVICE_USER: Final = "securecache-pg"
 """Unprivileged account the servers run as when we are root (PostgreSQL refuses root)."""
 LOOPBACK: Final = "127.0.0.1"
@@ -121,44 +122,6 @@ class ServerInfo:
             f"PostgreSQL {self.postgres_version} ({self.kind}) at {self.postgres_address}; "
             f"Redis {self.redis_version} ({self.kind}) at {self.redis_address}"
         )
-
-
-def derive_url(
-    url: str, *, dbname: str | None = None, user: str | None = None, password: str | None = None
-) -> str:
-    """A ``postgresql://`` URL to the server of ``url`` with another database, user or password.
-
-    Accepts URLs and ``key=value`` strings, so a role's URL can be made from any admin DSN.
-    """
-    params: dict[str, Any] = {k: v for k, v in conninfo_to_dict(url).items() if v is not None}
-    if user is not None:
-        params["user"] = user
-        params.pop("password", None)
-    if password is not None:
-        params["password"] = password
-    if dbname is not None:
-        params["dbname"] = dbname
-    host = str(params.pop("host", ""))
-    port = str(params.pop("port", ""))
-    netloc = ""
-    if "user" in params:
-        netloc = quote(str(params.pop("user")), safe="")
-        if "password" in params:
-            netloc += ":" + quote(str(params.pop("password")), safe="")
-        netloc += "@"
-    if host and "/" not in host and "," not in host:
-        netloc += f"[{host}]" if ":" in host else host
-        if port:
-            netloc += f":{port}"
-    else:
-        # Unix-socket directories and host lists only fit in the query string.
-        if host:
-            params["host"] = host
-        if port:
-            params["port"] = port
-    path = "/" + quote(str(params.pop("dbname")), safe="") if "dbname" in params else ""
-    query = "?" + urlencode(params) if params else ""
-    return f"postgresql://{netloc}{path}{query}"
 
 
 def postgres_version(admin_url: str) -> str:
@@ -365,7 +328,7 @@ def _make_private_dir(path: Path, account: _Account | None) -> None:
     _chown_tree(path, account)
 
 
-def _death_signal_setter(sig: signal.Signals) -> Callable[[], None] | None:
+def death_signal_setter(sig: signal.Signals) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child receive ``sig`` when this process dies.
 
     The kernel clears the setting when the child's credentials change, so it must run after
@@ -506,7 +469,7 @@ class _Child:
                 start_new_session=True,
                 # Deliberate: servers are started from the main thread, before any others.
                 preexec_fn=(  # noqa: PLW1509
-                    _death_signal_setter(self.death_signal) if self.death_signal else None
+                    death_signal_setter(self.death_signal) if self.death_signal else None
                 ),
                 **credentials,
             )
