@@ -33,7 +33,7 @@ from securecache.ops.dev import (
 )
 from securecache.ops.provision import MIGRATE_LOCK, derive_url
 from securecache.ops.seed import EXCHANGES
-from securecache.settings import redact_url
+from securecache.redaction import redact_url
 
 HEADER = "id,name,symbol,exchange\n"
 

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from securecache import ConfigurationError, Settings
-from securecache.settings import ENV_PREFIX, redact_url
+from securecache.redaction import redact_url
+from securecache.settings import ENV_PREFIX
 
 # One non-default value for every field, as the environment would spell it, and the value
 # Settings must end up holding.

@@ -10,6 +10,7 @@ from typing import Self
 
 from opentelemetry import metrics, trace
 
+from securecache import redaction
 from securecache.cache import CircuitBreaker, RedisCache, connect
 from securecache.errors import ConfigurationError, SecureCacheError, ValidationError
 from securecache.keys import KeyScheme, Kind
@@ -163,6 +164,7 @@ class SecureCache:
     ) -> None:
         """``wrap_redis`` is a seam: it receives the Redis backend the policy would use and
         returns the one it uses instead (instrumentation, or a fault or delay in tests)."""
+        redaction.install()  # a second net under settings that never echo a password
         self.settings = settings if settings is not None else Settings.from_env()
         s = self.settings
         if not s.database_url:

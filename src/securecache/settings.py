@@ -10,35 +10,23 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import attrs
+from psycopg.conninfo import conninfo_to_dict
+from redis.connection import parse_url
 
 from securecache.errors import ConfigurationError
 from securecache.keys import validate_prefix
+from securecache.redaction import redact_url
 
 ENV_PREFIX: Final = "SECURECACHE_"
 _SECRET_FIELDS: Final = ("database_url", "redis_url", "api_tokens")
-
-
-def redact_url(url: str | None) -> str | None:
-    """The URL with any password (in the authority or the query) replaced by ``***``."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = urlencode(
-        [
-            (k, "***" if k.lower() == "password" else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def _tokens(value: Iterable[str]) -> tuple[str, ...]:
@@ -53,17 +41,52 @@ def _redacted(url: str | None) -> str:
 
 
 def _check_database_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and urlsplit(value).scheme not in {"postgresql", "postgres"}:
+    """A postgresql:// URL that libpq can parse, checked now rather than on every pool retry.
+
+    The errors never quote the URL: psycopg's own message echoes a malformed password.
+    """
+    if value is None:
+        return
+    if urlsplit(value).scheme not in {"postgresql", "postgres"}:
         raise ConfigurationError(
             f"{attribute.name} must be a postgresql:// URL", field=attribute.name
         )
+    try:
+        params = conninfo_to_dict(value)
+        port = params.get("port")
+        if port is not None and not all(0 < int(p) < 65536 for p in str(port).split(",")):
+            raise ValueError("port")
+    except Exception:  # whatever the reason, its text may contain the password
+        raise ConfigurationError(
+            f"{attribute.name} is not a valid PostgreSQL URL (check the port and that the user "
+            "and password are percent-encoded)",
+            field=attribute.name,
+        ) from None
 
 
 def _check_redis_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+    """A Redis URL redis-py can parse, with well-formed percent-escapes (redis-py would
+    otherwise pass ``pa%zzss`` on as the password, or decode one it cannot read)."""
+    if value is None:
+        return
+    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
         raise ConfigurationError(
             f"{attribute.name} must be a redis://, rediss:// or unix:// URL", field=attribute.name
         )
+    try:
+        parse_url(value)  # type: ignore[no-untyped-call]
+        parts = urlsplit(value)
+        for part in (parts.username, parts.password):
+            if part is not None:
+                unquote(part, errors="strict")
+                if _BAD_ESCAPE.search(part):
+                    raise ValueError("escape")
+    except Exception:  # whatever the reason, its text may contain the password
+        raise ConfigurationError(
+            f"{attribute.name} is not a valid Redis URL (check the port, the database number "
+            "and that the user and password are percent-encoded)",
+            field=attribute.name,
+        ) from None
 
 
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:

@@ -77,6 +77,21 @@ _CHANGED_SINCE: Final = {
 }
 
 
+def session_options(timeout: float) -> str:
+    """Startup options giving each session the library's own timeouts.
+
+    The database has defaults for the service roles, but any role may change its own
+    defaults; these are set by the library on every connection, so a role's self-edit does
+    not change how long the library waits. Nothing may run or wait for a lock longer than the
+    caller waits for an answer, and no transaction may sit idle holding locks.
+    """
+    ms = max(1, round(timeout * 1000))
+    return (
+        f"-c statement_timeout={ms} -c lock_timeout={ms} "
+        f"-c idle_in_transaction_session_timeout={max(ms, 10_000)}"
+    )
+
+
 def _security(row: Sequence[Any]) -> Security:
     return Security(
         id=row[0], name=row[1], symbol=row[2], exchange=row[3], version=row[4], updated_at=row[5]
@@ -117,7 +132,11 @@ class Store:
             # instead of failing one request.
             check=AsyncConnectionPool.check_connection,
             # Autocommit: each read is one statement; writes open explicit transactions.
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(timeout)),
+                "options": session_options(timeout),
+            },
             name="securecache",
         )
         return cls(pool, telemetry)

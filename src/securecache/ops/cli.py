@@ -66,7 +66,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     url = _database_url(args)
     writer = read_secret(WRITER_PASSWORD_VAR)
     reader = read_secret(READER_PASSWORD_VAR)
-    migrations.migrate(url, writer_password=writer, reader_password=reader)
+    migrations.migrate(
+        url,
+        writer_password=writer,
+        reader_password=reader,
+        connection_limit=args.connection_limit,
+    )
+    if args.revoke_public:
+        migrations.revoke_public_access(url, args.revoke_public)
     passwords = [role for role, pw in (("writer", writer), ("reader", reader)) if pw is not None]
     note = f"; passwords set for {', '.join(passwords)}" if passwords else ""
     print(
@@ -179,6 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     database_option(migrate, "an administrator")
+    migrate.add_argument(
+        "--connection-limit",
+        type=_positive_int,
+        default=migrations.DEFAULT_CONNECTION_LIMIT,
+        metavar="N",
+        help=(
+            "connections each service role may hold on the server "
+            f"(default {migrations.DEFAULT_CONNECTION_LIMIT})"
+        ),
+    )
+    migrate.add_argument(
+        "--revoke-public",
+        action="append",
+        default=[],
+        metavar="DB",
+        help=(
+            "also revoke CONNECT and TEMPORARY from PUBLIC on this other database of the "
+            "server, e.g. postgres (repeatable; check no other application relies on it)"
+        ),
+    )
     migrate.set_defaults(handler=cmd_migrate)
 
     load = commands.add_parser(

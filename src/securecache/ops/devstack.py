@@ -47,7 +47,8 @@ from securecache.ops.dev import (
 )
 from securecache.ops.provision import provision
 from securecache.ops.seed import seed
-from securecache.settings import ENV_PREFIX, Settings, read_secret, redact_url
+from securecache.redaction import redact_url
+from securecache.settings import ENV_PREFIX, Settings, read_secret
 
 API_STARTUP_SECONDS: Final = 60.0
 API_STOP_SECONDS: Final = 35.0
@@ -253,13 +254,17 @@ def serve_apis(
         _wait_for_ports(host, [public_port, internal_port], children)
         public_url = f"http://{host}:{public_port}"
         internal_url = f"http://{host}:{internal_port}"
-        auth = f"-H 'Authorization: Bearer {token or '<your token>'}'"
+        # Shown only on embedded servers: on servers of the user's own, the terminal or CI
+        # log that shows it may be read by others than whoever may write scores.
+        shown = token if token is not None and env.servers.kind == "embedded" else None
+        auth = f"-H 'Authorization: Bearer {shown or '<token>'}'"
         body = '{"growth": 8.5, "value": 7.9, "quality": 9.1, "momentum": 6.8}'
-        kept = (
-            f"dev token: {token}   (kept in {state / 'dev-api-token'})"
-            if token
-            else f"tokens: from {API_TOKENS_VAR} (not shown)"
-        )
+        if shown:
+            kept = f"dev token: {shown}   (kept in {state / 'dev-api-token'})"
+        elif token:
+            kept = f"dev token: kept in {state / 'dev-api-token'} (not shown: external servers)"
+        else:
+            kept = f"tokens: from {API_TOKENS_VAR} (not shown)"
         print(
             f"\npublic API   {public_url}   (reader role; docs at {public_url}/openapi.json)\n"
             f"  curl -s '{public_url}/securities?limit=3'\n"

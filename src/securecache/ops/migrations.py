@@ -59,12 +59,22 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN
     NULL;  -- another migrator created them first
 END
 $$;
--- Safety nets on the service roles: readers cannot write even by mistake, and no query of
--- either may hold a connection for long.
-ALTER ROLE {READER_ROLE} SET default_transaction_read_only = on;
-ALTER ROLE {READER_ROLE} SET statement_timeout = '5s';
-ALTER ROLE {WRITER_ROLE} SET statement_timeout = '5s';
 """
+
+# What a service role can and cannot undo (docs/security.md says the same to operators):
+# - CONNECTION LIMIT is enforcement: changing it needs CREATEROLE, which the roles lack.
+# - Session defaults (ALTER ROLE ... SET) are only defaults: PostgreSQL lets every role change
+#   its own. They catch a careless client; the library sets the same timeouts on each of its
+#   sessions too, so a role's self-edit does not change what the library does; and grants, not
+#   the read-only default, are what keep the reader from writing.
+SESSION_DEFAULTS: Final = {
+    "statement_timeout": "5s",
+    "lock_timeout": "2s",
+    "idle_in_transaction_session_timeout": "10s",
+}
+"""Defaults for every session of a service role in the migrated database."""
+DEFAULT_CONNECTION_LIMIT: Final = 100
+"""Connections each service role may hold on the server (all replicas' pools together)."""
 
 # Objects are created as the owner role, so that the admin who migrates owns nothing.
 _OBJECTS: Final = f"""
@@ -192,11 +202,51 @@ def _database_grants(dbname: str) -> sql.Composed:
     )
 
 
+def _role_limits(dbname: str, connection_limit: int) -> sql.Composed:
+    """Limits the roles cannot lift, and session defaults in this database (see above)."""
+    statements: list[sql.Composable] = []
+    for role in (WRITER_ROLE, READER_ROLE):
+        ident = sql.Identifier(role)
+        statements.append(
+            sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+                ident, sql.Literal(connection_limit)
+            )
+        )
+        defaults = dict(SESSION_DEFAULTS)
+        if role == READER_ROLE:
+            defaults["default_transaction_read_only"] = "on"
+        for name, value in defaults.items():
+            statements.append(
+                sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                    ident, sql.Identifier(dbname), sql.Identifier(name), sql.Literal(value)
+                )
+            )
+    return sql.SQL(";").join(statements)
+
+
+def revoke_public_access(admin_url: str, databases: list[str]) -> None:
+    """``REVOKE CONNECT, TEMPORARY ... FROM PUBLIC`` on other databases of the server.
+
+    PUBLIC may connect to (and make TEMP tables in) every database by default, ``postgres``
+    included, and a service role is part of PUBLIC. Whether other applications of the server
+    rely on that is the operator's call, so this runs only on the databases named
+    (``securecache migrate --revoke-public DB``).
+    """
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for dbname in databases:
+            conn.execute(
+                sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(dbname)
+                )
+            )
+
+
 def migrate(
     admin_url: str,
     *,
     writer_password: str | None = None,
     reader_password: str | None = None,
+    connection_limit: int = DEFAULT_CONNECTION_LIMIT,
 ) -> None:
     """Create or update the schema, roles and grants in the database of ``admin_url``.
 
@@ -208,7 +258,7 @@ def migrate(
     # updated"); the loser simply runs again.
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            _migrate_once(admin_url, writer_password, reader_password)
+            _migrate_once(admin_url, writer_password, reader_password, connection_limit)
             return
         except (pg_errors.InternalError_, pg_errors.UniqueViolation):
             if attempt == _ATTEMPTS:
@@ -216,7 +266,12 @@ def migrate(
             time.sleep(0.05 * attempt)
 
 
-def _migrate_once(admin_url: str, writer_password: str | None, reader_password: str | None) -> None:
+def _migrate_once(
+    admin_url: str,
+    writer_password: str | None,
+    reader_password: str | None,
+    connection_limit: int,
+) -> None:
     with psycopg.connect(admin_url, autocommit=False) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute(_ROLES)
@@ -225,6 +280,7 @@ def _migrate_once(admin_url: str, writer_password: str | None, reader_password: 
         dbname = conn.execute("SELECT current_database()").fetchone()
         assert dbname is not None
         conn.execute(_database_grants(dbname[0]))
+        conn.execute(_role_limits(dbname[0], connection_limit))
         for role, password in ((WRITER_ROLE, writer_password), (READER_ROLE, reader_password)):
             if password is not None:
                 # Send a SCRAM verifier, never the password itself: statements can end up in
