@@ -107,6 +107,11 @@ def from_dict(kind: type[R], data: Any) -> R:
     return converter.structure(data, kind)
 
 
+def record_id(record: Record) -> str:
+    """The id a record is cached under (a score's is its security's)."""
+    return record.id if isinstance(record, Security) else record.security_id
+
+
 def encode_entry(record: Record | None) -> bytes:
     """A Redis entry for ``record``, or the absent marker for None."""
     if record is None:
@@ -119,8 +124,12 @@ def entry_version(record: Record | None) -> int:
     return ABSENT_VERSION if record is None else record.version
 
 
-def decode_entry(kind: type[R], raw: bytes | None) -> R | Marker | None:
-    """Decode a Redis entry: a record, ABSENT, CORRUPT, or None when there was no entry."""
+def decode_entry(kind: type[R], raw: bytes | None, id_: str | None = None) -> R | Marker | None:
+    """Decode a Redis entry: a record, ABSENT, CORRUPT, or None when there was no entry.
+
+    With ``id_`` (the id of the key it was read from), a well-formed record of another id is
+    CORRUPT too: a Redis user may copy one id's entry under another's key.
+    """
     if raw is None:
         return None
     if len(raw) > MAX_ENTRY_BYTES:
@@ -138,5 +147,10 @@ def decode_entry(kind: type[R], raw: bytes | None) -> R | Marker | None:
     except Exception:  # any failure to decode means "do not trust"
         return CORRUPT
     if record.version != version:
+        return CORRUPT
+    if (
+        id_ is not None
+        and (record.id if isinstance(record, Security) else record.security_id) != id_
+    ):
         return CORRUPT
     return record

@@ -186,7 +186,7 @@ class ReadThrough(Generic[R]):
         value_keys = [self._keys.value(self._kind, i) for i in ids]
         raws = await self._cache.get_many(value_keys) if self._cache else [None] * len(ids)
         for id_, raw in zip(ids, raws, strict=True):
-            entry = codec.decode_entry(self._type, raw)
+            entry = codec.decode_entry(self._type, raw, id_)
             if entry is codec.ABSENT:
                 _resolve(batch[id_], None, "absent")
             elif isinstance(entry, self._type):
@@ -279,13 +279,13 @@ class ReadThrough(Generic[R]):
 
     async def _write_through(self, records: Sequence[R], token: str) -> None:
         """Store committed records under the leases :meth:`write` took."""
-        self.forget([self._id(r) for r in records])
+        self.forget([codec.record_id(r) for r in records])
         if not self._cache or not records:
             return
         writes = [
             CacheWrite(
-                key=self._keys.value(self._kind, self._id(r)),
-                lease_key=self._keys.lease(self._kind, self._id(r)),
+                key=self._keys.value(self._kind, codec.record_id(r)),
+                lease_key=self._keys.lease(self._kind, codec.record_id(r)),
                 version=r.version,
                 entry=codec.encode_entry(r),
                 ttl_ms=self._ttl.ttl_ms(True),
@@ -295,7 +295,7 @@ class ReadThrough(Generic[R]):
         outcomes = await self._cache.compare_and_set(writes, token, write_through=True)
         # A get that started while the cache write was in flight may have read the old
         # entry: gets issued from now on must not join it.
-        self.forget([self._id(r) for r in records])
+        self.forget([codec.record_id(r) for r in records])
         self._count_writes(outcomes)
 
     async def discard(self, ids: Sequence[str]) -> None:
@@ -314,10 +314,6 @@ class ReadThrough(Generic[R]):
         """Let later gets of ``ids`` start a new load instead of joining one in flight."""
         for id_ in ids:
             self._inflight.pop(id_, None)
-
-    @staticmethod
-    def _id(record: Security | Score) -> str:
-        return record.id if isinstance(record, Security) else record.security_id
 
     async def aclose(self) -> None:
         """Wait for loads in flight (their callers are waiting on them anyway)."""
