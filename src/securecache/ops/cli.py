@@ -30,7 +30,8 @@ from securecache.ops.defaults import (
 )
 from securecache.ops.loader import load_securities
 from securecache.ops.seed import seed
-from securecache.settings import read_secret
+from securecache.redaction import redact_text
+from securecache.settings import Settings, read_secret
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -49,6 +50,8 @@ def _database_url(args: argparse.Namespace) -> str:
             f"no database URL: pass --database-url or set {DATABASE_URL_VAR} "
             "(an administrator's URL for this command)"
         )
+    # Checked as the library checks it: a malformed URL is refused without being echoed.
+    Settings(database_url=url)
     return url
 
 
@@ -267,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = redact_text(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, psycopg.errors.UndefinedTable):
         text += " (has `securecache migrate` run on this database?)"
     return text
