@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from opentelemetry import metrics, trace
 
 from securecache import redaction
+from securecache.audit import Audit
 from securecache.cache import CircuitBreaker, RedisCache, connect
 from securecache.errors import ConfigurationError, SecureCacheError, ValidationError
 from securecache.keys import KeyScheme, Kind
@@ -198,6 +199,18 @@ class SecureCache:
         if self._backend is not None and wrap_redis is not None:
             self._backend = wrap_redis(self._backend)
         ttl = TTLPolicy(s.ttl_seconds, s.negative_ttl_seconds, s.ttl_jitter)
+        by_kind: dict[Kind, ReadThrough[Any]] = {}
+
+        async def drop_kind(kind: Kind, ids: Sequence[str]) -> None:
+            await drop(self._backend, [by_kind[kind]], ids)
+
+        self._audit = Audit(
+            rate=s.audit_sample_rate,
+            grace=s.audit_grace_seconds,
+            versions=self._store.versions,
+            drop=drop_kind,
+            telemetry=self._telemetry,
+        )
         security_reads = ReadThrough(
             kind=Kind.SECURITY,
             record_type=Security,
@@ -207,6 +220,7 @@ class SecureCache:
             ttl=ttl,
             telemetry=self._telemetry,
             lease_ms=s.lease_ms,
+            audit=self._audit,
         )
         score_reads = ReadThrough(
             kind=Kind.SCORE,
@@ -217,8 +231,10 @@ class SecureCache:
             ttl=ttl,
             telemetry=self._telemetry,
             lease_ms=s.lease_ms,
+            audit=self._audit,
         )
         self._reads = (security_reads, score_reads)
+        by_kind.update({Kind.SECURITY: security_reads, Kind.SCORE: score_reads})
         self.securities = Securities(security_reads, self._store, self._telemetry)
         self.scores = Scores(score_reads, self._store, self._telemetry)
         self._listener = (
@@ -251,6 +267,7 @@ class SecureCache:
             await self._listener.stop()
         for reads in self._reads:
             await reads.aclose()
+        await self._audit.aclose()
         if self._cache is not None:
             await self._cache.close()
         await self._store.close()

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from securecache import codec, models
+from securecache.audit import Audit
 from securecache.cache import REFUSED_NEWER, STORED, CacheWrite
 from securecache.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from securecache.keys import KeyScheme, Kind
@@ -100,6 +101,7 @@ class ReadThrough(Generic[R]):
         ttl: TTLPolicy,
         telemetry: Telemetry,
         lease_ms: int,
+        audit: Audit | None = None,
     ) -> None:
         self._kind = kind
         # Span names follow the facade: "securecache securities.get", "securecache scores.get".
@@ -111,6 +113,7 @@ class ReadThrough(Generic[R]):
         self._ttl = ttl
         self._telemetry = telemetry
         self._lease_ms = lease_ms
+        self._audit = audit if audit is not None and audit.enabled else None
         self._pending: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
         self._inflight: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
         self._flush_scheduled = False
@@ -180,28 +183,9 @@ class ReadThrough(Generic[R]):
         misses; misses are resolved once their fill is done (a caller that next looks in
         Redis finds the value there).
         """
-        ids = list(batch)
-        misses: list[str] = []
-        corrupt: dict[str, bytes] = {}
-        value_keys = [self._keys.value(self._kind, i) for i in ids]
-        raws = await self._cache.get_many(value_keys) if self._cache else [None] * len(ids)
-        for id_, raw in zip(ids, raws, strict=True):
-            entry = codec.decode_entry(self._type, raw, id_)
-            if entry is codec.ABSENT:
-                _resolve(batch[id_], None, "absent")
-            elif isinstance(entry, self._type):
-                _resolve(batch[id_], entry, "redis")
-            else:
-                if entry is codec.CORRUPT and raw is not None:
-                    corrupt[id_] = raw
-                    self._telemetry.corrupt.add(1, {"securecache.kind": str(self._kind)})
-                    log.warning("ignoring a corrupt cache entry for %s %s", self._kind, id_)
-                misses.append(id_)
-        attrs = {"securecache.kind": str(self._kind)}
-        self._telemetry.hits.add(len(ids) - len(misses), attrs)
+        misses, corrupt = await self._lookup(batch)
         if not misses:
             return
-        self._telemetry.misses.add(len(misses), attrs)
 
         # The lease is taken *before* reading PostgreSQL: whatever empties the key from now
         # on (invalidate, write-through, flush, restart) also voids this fill.
@@ -233,6 +217,41 @@ class ReadThrough(Generic[R]):
         for id_ in misses:
             record = rows.get(id_)
             _resolve(batch[id_], record, "postgres" if record is not None else "absent")
+
+    async def _lookup(
+        self, batch: dict[str, asyncio.Future[tuple[R | None, str]]]
+    ) -> tuple[list[str], dict[str, bytes]]:
+        """One MGET: resolve the hits; return the misses and the corrupt entries seen."""
+        ids = list(batch)
+        misses: list[str] = []
+        corrupt: dict[str, bytes] = {}
+        audit = self._audit
+        hits: list[tuple[str, int]] = []
+        value_keys = [self._keys.value(self._kind, i) for i in ids]
+        raws = await self._cache.get_many(value_keys) if self._cache else [None] * len(ids)
+        for id_, raw in zip(ids, raws, strict=True):
+            entry = codec.decode_entry(self._type, raw, id_)
+            if entry is codec.ABSENT:
+                _resolve(batch[id_], None, "absent")
+                if audit is not None:
+                    hits.append((id_, codec.ABSENT_VERSION))
+            elif isinstance(entry, self._type):
+                _resolve(batch[id_], entry, "redis")
+                if audit is not None:
+                    hits.append((id_, entry.version))
+            else:
+                if entry is codec.CORRUPT and raw is not None:
+                    corrupt[id_] = raw
+                    self._telemetry.corrupt.add(1, {"securecache.kind": str(self._kind)})
+                    log.warning("ignoring a corrupt cache entry for %s %s", self._kind, id_)
+                misses.append(id_)
+        attrs = {"securecache.kind": str(self._kind)}
+        self._telemetry.hits.add(len(ids) - len(misses), attrs)
+        if audit is not None:
+            audit.sample(self._kind, hits)
+        if misses:
+            self._telemetry.misses.add(len(misses), attrs)
+        return misses, corrupt
 
     def _count_writes(self, outcomes: Sequence[int]) -> None:
         attrs = {"securecache.kind": str(self._kind)}

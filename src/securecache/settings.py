@@ -119,6 +119,13 @@ def _fraction(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
         )
 
 
+def _rate(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise ConfigurationError(
+            f"{attribute.name} must be in [0, 1], got {value!r}", field=attribute.name
+        )
+
+
 def _prefix(_: Any, __: attrs.Attribute[Any], value: str) -> None:
     validate_prefix(value)
 
@@ -158,6 +165,10 @@ class Settings:
     breaker_reset_seconds: float = attrs.field(default=2.0, validator=_positive)
     """How long the breaker stays open before one call probes Redis again."""
     lease_ms: int = attrs.field(default=5000, validator=_positive)
+    audit_sample_rate: float = attrs.field(default=0.0, validator=_rate)
+    """Share of cache hits re-read from PostgreSQL in the background (0 = audit off)."""
+    audit_grace_seconds: float = attrs.field(default=5.0, validator=_positive)
+    """How long an entry may trail its row (a write-through on its way) before it counts."""
     """How long a fill lease lasts (an upper bound on one PostgreSQL read)."""
     api_tokens: tuple[str, ...] = attrs.field(default=(), repr=False, converter=_tokens)
     """Bearer tokens accepted by the internal API."""

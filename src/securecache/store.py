@@ -71,6 +71,11 @@ _VERSIONS: Final = {
     Kind.SECURITY: "SELECT id, version FROM securecache.security WHERE id = ANY(%s)",
     Kind.SCORE: "SELECT security_id, version FROM securecache.score WHERE security_id = ANY(%s)",
 }
+_VERSIONS_AT: Final = {
+    Kind.SECURITY: "SELECT id, version, updated_at FROM securecache.security WHERE id = ANY(%s)",
+    Kind.SCORE: "SELECT security_id, version, updated_at FROM securecache.score"
+    " WHERE security_id = ANY(%s)",
+}
 _CHANGED_SINCE: Final = {
     Kind.SECURITY: "SELECT id, version FROM securecache.security WHERE updated_at > %s",
     Kind.SCORE: "SELECT security_id, version FROM securecache.score WHERE updated_at > %s",
@@ -181,6 +186,13 @@ class Store:
         async with self._connection("SELECT", "score") as conn:
             cur = await conn.execute(_SELECT_SCORES, (list(ids),))
             return {row[0]: _score(row) for row in await cur.fetchall()}
+
+    async def versions(self, kind: Kind, ids: Sequence[str]) -> dict[str, tuple[int, datetime]]:
+        """Version and ``updated_at`` of the rows among ``ids`` that exist (the audit's read)."""
+        table = "security" if kind is Kind.SECURITY else "score"
+        async with self._connection("SELECT", table) as conn:
+            cur = await conn.execute(_VERSIONS_AT[kind], (list(ids),))
+            return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
 
     async def list_securities(self, limit: int, after: str | None) -> list[Security]:
         """Up to ``limit`` securities with ids after ``after``, in id (byte) order."""

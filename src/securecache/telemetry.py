@@ -52,6 +52,16 @@ class Telemetry:
         self.redis_errors = meter.create_counter(
             "securecache.redis.errors", unit="{error}", description="Failed Redis round trips"
         )
+        self.audit_checked = meter.create_counter(
+            "securecache.audit.checked",
+            unit="{entry}",
+            description="Cache hits the consistency audit compared with PostgreSQL",
+        )
+        self.audit_inconsistent = meter.create_counter(
+            "securecache.audit.inconsistent",
+            unit="{entry}",
+            description="Audited entries that disagreed with PostgreSQL (by kind); dropped",
+        )
         self.db_queries = meter.create_counter(
             "securecache.db.queries", unit="{query}", description="PostgreSQL statements run"
         )
