@@ -28,7 +28,7 @@ class Interposed:
 
     async def take_leases(
         self, lease_keys: Sequence[str], token: str, ttl_ms: int, *, take_over: bool = False
-    ) -> list[bool]:
+    ) -> list[bool] | None:
         return await self.inner.take_leases(lease_keys, token, ttl_ms, take_over=take_over)
 
     async def release_leases(self, lease_keys: Sequence[str]) -> None:

@@ -42,6 +42,9 @@ EVERY_FIELD: dict[str, tuple[str, Any]] = {
     "SECURECACHE_BREAKER_FAILURES": ("3", 3),
     "SECURECACHE_BREAKER_RESET_SECONDS": ("4.5", 4.5),
     "SECURECACHE_LEASE_MS": ("750", 750),
+    "SECURECACHE_LEASE_WAIT_MS": ("50", 50),
+    "SECURECACHE_AUDIT_SAMPLE_RATE": ("0.01", 0.01),
+    "SECURECACHE_AUDIT_GRACE_SECONDS": ("2.5", 2.5),
     "SECURECACHE_API_TOKENS": ("alpha, beta,\ngamma,,", ("alpha", "beta", "gamma")),
 }
 

@@ -236,10 +236,10 @@ class RedisCache:
 
     async def take_leases(
         self, lease_keys: Sequence[str], token: str, ttl_ms: int, *, take_over: bool = False
-    ) -> list[bool]:
+    ) -> list[bool] | None:
         """Take a lease on each key: readers only where none is held (SET NX), writers always.
 
-        False where another holds it or Redis did not answer.
+        False where another holds it; None when Redis did not answer.
         """
 
         async def run() -> list[bool]:
@@ -249,7 +249,7 @@ class RedisCache:
             return [bool(r) for r in await pipe.execute()]
 
         operation = "SET" if take_over else "SET NX"
-        return await self._call(operation, run, [False] * len(lease_keys))
+        return await self._call(operation, run, None)
 
     async def release_leases(self, lease_keys: Sequence[str]) -> None:
         """Give leases back after a failed write, so fills need not wait for them to expire."""

@@ -220,6 +220,7 @@ class SecureCache:
             ttl=ttl,
             telemetry=self._telemetry,
             lease_ms=s.lease_ms,
+            lease_wait_ms=s.lease_wait_ms,
             audit=self._audit,
         )
         score_reads = ReadThrough(
@@ -231,6 +232,7 @@ class SecureCache:
             ttl=ttl,
             telemetry=self._telemetry,
             lease_ms=s.lease_ms,
+            lease_wait_ms=s.lease_wait_ms,
             audit=self._audit,
         )
         self._reads = (security_reads, score_reads)

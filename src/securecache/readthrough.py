@@ -59,7 +59,7 @@ class CacheBackend(Protocol):
 
     async def take_leases(
         self, lease_keys: Sequence[str], token: str, ttl_ms: int, *, take_over: bool = False
-    ) -> list[bool]: ...
+    ) -> list[bool] | None: ...
 
     async def release_leases(self, lease_keys: Sequence[str]) -> None: ...
 
@@ -101,6 +101,7 @@ class ReadThrough(Generic[R]):
         ttl: TTLPolicy,
         telemetry: Telemetry,
         lease_ms: int,
+        lease_wait_ms: int = 0,
         audit: Audit | None = None,
     ) -> None:
         self._kind = kind
@@ -113,6 +114,7 @@ class ReadThrough(Generic[R]):
         self._ttl = ttl
         self._telemetry = telemetry
         self._lease_ms = lease_ms
+        self._lease_wait = min(lease_wait_ms, lease_ms) / 1000
         self._audit = audit if audit is not None and audit.enabled else None
         self._pending: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
         self._inflight: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
@@ -191,11 +193,28 @@ class ReadThrough(Generic[R]):
         # on (invalidate, write-through, flush, restart) also voids this fill.
         token = secrets.token_hex(8)
         leases = [self._keys.lease(self._kind, i) for i in misses]
-        granted = (
-            await self._cache.take_leases(leases, token, self._lease_ms)
-            if self._cache
-            else [False] * len(misses)
+        answer = (
+            await self._cache.take_leases(leases, token, self._lease_ms) if self._cache else None
         )
+        granted = answer if answer is not None else [False] * len(misses)
+        contested = [i for i, ok in zip(misses, granted, strict=True) if not ok]
+        if answer is not None and contested and self._lease_wait > 0:
+            # Another process holds the lease: it is reading PostgreSQL and will fill the key
+            # soon. Wait for its fill rather than add a query of our own to the herd.
+            filled = await self._await_fills(contested)
+            for id_, record in filled.items():
+                _resolve(batch[id_], record, "redis")
+            if filled:
+                kept = [
+                    (i, k, ok)
+                    for i, k, ok in zip(misses, leases, granted, strict=True)
+                    if i not in filled
+                ]
+                misses = [i for i, _, _ in kept]
+                leases = [k for _, k, _ in kept]
+                granted = [ok for _, _, ok in kept]
+            if not misses:
+                return
         rows = await self._fetch(misses)
         writes = []
         for id_, lease_key, ok in zip(misses, leases, granted, strict=True):
@@ -252,6 +271,39 @@ class ReadThrough(Generic[R]):
         if misses:
             self._telemetry.misses.add(len(misses), attrs)
         return misses, corrupt
+
+    async def _await_fills(self, ids: Sequence[str]) -> dict[str, R | None]:
+        """Poll Redis for the fills of ``ids`` that another process's lease promises.
+
+        Short sleeps growing from 1 ms, for at most the lease wait (never longer than the
+        lease); what has not arrived by then the caller reads from PostgreSQL itself.
+        """
+        assert self._cache is not None
+        found: dict[str, R | None] = {}
+        pending = list(ids)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lease_wait
+        pause = 0.001
+        while pending and loop.time() + pause <= deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.016)
+            raws = await self._cache.get_many([self._keys.value(self._kind, i) for i in pending])
+            still: list[str] = []
+            for id_, raw in zip(pending, raws, strict=True):
+                entry = codec.decode_entry(self._type, raw, id_)
+                if entry is codec.ABSENT:
+                    found[id_] = None
+                elif isinstance(entry, self._type):
+                    found[id_] = entry
+                else:
+                    still.append(id_)
+            pending = still
+        kind = str(self._kind)
+        self._telemetry.lease_waits.add(len(found), {"securecache.kind": kind, "outcome": "filled"})
+        self._telemetry.lease_waits.add(
+            len(pending), {"securecache.kind": kind, "outcome": "timed_out"}
+        )
+        return found
 
     def _count_writes(self, outcomes: Sequence[int]) -> None:
         attrs = {"securecache.kind": str(self._kind)}

@@ -165,6 +165,9 @@ class Settings:
     breaker_reset_seconds: float = attrs.field(default=2.0, validator=_positive)
     """How long the breaker stays open before one call probes Redis again."""
     lease_ms: int = attrs.field(default=5000, validator=_positive)
+    lease_wait_ms: int = attrs.field(default=200, validator=_not_negative)
+    """How long a miss waits for the fill of another process holding the key's lease before
+    reading PostgreSQL itself (0: never wait; at most ``lease_ms``)."""
     audit_sample_rate: float = attrs.field(default=0.0, validator=_rate)
     """Share of cache hits re-read from PostgreSQL in the background (0 = audit off)."""
     audit_grace_seconds: float = attrs.field(default=5.0, validator=_positive)

@@ -46,6 +46,11 @@ class Telemetry:
             unit="{entry}",
             description="Cache writes refused because a newer version or no lease was there",
         )
+        self.lease_waits = meter.create_counter(
+            "securecache.cache.lease_waits",
+            unit="{entry}",
+            description="Misses that waited for another process's fill (by outcome)",
+        )
         self.corrupt = meter.create_counter(
             "securecache.cache.corrupt", unit="{entry}", description="Untrusted entries ignored"
         )
