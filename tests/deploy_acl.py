@@ -29,11 +29,13 @@ API_USERS: Final = {
 """One Redis user per API, with its placeholder password (the same as in its redis-url)."""
 OPS_USER: Final = "securecache-ops"
 OPS_PASSWORD: Final = "change-me-redis-ops"
-OPS_COMMANDS: Final = ("ping", "scan", "type", "pttl", "get", "unlink")
+OPS_COMMANDS: Final = ("ping", "scan", "type", "pttl", "get", "unlink", "script|load")
 """What an operator needs to inspect the cache and drop entries under the prefix (the
-poisoned-cache runbook in docs/operations.md): no FLUSHALL, no CONFIG, no writes but UNLINK."""
-RULE_MODULES: Final = ("securecache.ops.acl", "securecache.acl")
-"""Where the library's ACL rules live: the ops package once it has them, the library today."""
+poisoned-cache runbook in docs/operations.md) and to load the library's scripts
+(``securecache redis-scripts``, which the API users may not): no FLUSHALL, no CONFIG, no
+writes but UNLINK."""
+RULE_MODULES: Final = ("securecache.ops.acl",)
+"""Where the library's ACL rules live."""
 
 
 class AclFileLine(Protocol):

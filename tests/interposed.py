@@ -23,8 +23,10 @@ class Interposed:
         self.before_write_through: Hook | None = None
         """Runs after a write committed, before it stores the new version."""
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return await self.inner.get_many(keys)
+    async def lookup(
+        self, pairs: Sequence[tuple[str, str]], token: str, lease_ms: int
+    ) -> list[tuple[bytes | None, int]] | None:
+        return await self.inner.lookup(pairs, token, lease_ms)
 
     async def take_leases(
         self, lease_keys: Sequence[str], token: str, ttl_ms: int, *, take_over: bool = False

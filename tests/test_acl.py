@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Iterator
@@ -13,8 +14,10 @@ from redis.exceptions import NoPermissionError
 
 from fix_servers import MakeSecurities
 from securecache import ConfigurationError, ScoreUpdate, SecureCache, Settings, codec
+from securecache.cache import SCRIPTS
 from securecache.keys import KeyScheme, Kind
 from securecache.ops.acl import CLUSTER_COMMANDS, LIBRARY_COMMANDS, acl_file_line, setuser_rules
+from securecache.ops.redis_admin import load_scripts
 
 
 def test_rules_start_from_nothing_and_grant_only_the_library_commands() -> None:
@@ -27,7 +30,7 @@ def test_rules_start_from_nothing_and_grant_only_the_library_commands() -> None:
     assert "resetchannels" in rules
     assert rules.index("-@all") < min(rules.index(f"+{c}") for c in LIBRARY_COMMANDS)
     grants = {r[1:] for r in rules if r.startswith("+")}
-    assert grants == set(LIBRARY_COMMANDS)
+    assert grants == set(LIBRARY_COMMANDS) | {f"evalsha|{sha}" for sha in SCRIPTS}
     assert [r for r in rules if r.startswith("~")] == ["~app:v1:*"]
     assert not [r for r in rules if r.startswith(("&", "%", "allkeys", "allcommands", "nopass"))]
 
@@ -38,7 +41,8 @@ def test_dangerous_commands_are_never_granted() -> None:
         grants = {r[1:] for r in setuser_rules("pw", cluster=cluster) if r.startswith("+")}
         for command in ("flushall", "flushdb", "keys", "config", "eval", "script", "@all"):
             assert command not in grants
-        assert "script|flush" not in grants
+        for command in ("script|flush", "script|load", "evalsha", "select", "eval_ro"):
+            assert command not in grants
 
 
 def test_cluster_rules_add_topology_commands() -> None:
@@ -46,6 +50,12 @@ def test_cluster_rules_add_topology_commands() -> None:
     plain = setuser_rules("pw")
     cluster = setuser_rules("pw", cluster=True)
     assert set(cluster) - set(plain) == {f"+{c}" for c in CLUSTER_COMMANDS}
+
+
+def test_select_is_granted_for_the_configured_database_alone() -> None:
+    """Database 0 needs no SELECT; another database gets SELECT of that number and no other."""
+    assert not [r for r in setuser_rules("pw") if "select" in r]
+    assert [r for r in setuser_rules("pw", database=3) if "select" in r] == ["+select|3"]
 
 
 def test_a_password_is_required() -> None:
@@ -121,8 +131,7 @@ async def test_acl_user_can_run_the_library(
 ) -> None:
     """A user made with setuser_rules can read through, fill and write through under its ACL."""
     assert settings.redis_url is not None
-    # Make the library load its script again, so SCRIPT LOAD is exercised under the ACL too.
-    redis_admin.script_flush()
+    load_scripts(settings.redis_url)  # the administrator's step
     restricted_settings = settings.with_changes(
         redis_url=_url_with_user(settings.redis_url, *acl_user)
     )
@@ -171,30 +180,64 @@ def test_acl_user_may_use_its_own_keys(restricted: redis.Redis, key_prefix: str)
         ("FLUSHDB",),
         ("KEYS", "*"),
         ("CONFIG", "GET", "maxmemory"),
-        ("EVAL", "return 1", "0"),
+        ("EVAL", "while true do end", "0"),
+        ("SCRIPT", "LOAD", "while true do end"),
+        ("SCRIPT", "LOAD", "return '" + "x" * (1 << 20) + "'"),
+        ("EVALSHA", "f" * 40, "0"),
         ("SCRIPT", "FLUSH"),
+        ("SELECT", "1"),
         ("SUBSCRIBE", "securecache"),
         ("ACL", "LIST"),
         ("SCAN", "0"),
     ],
-    ids=lambda c: " ".join(c[:2]),
+    ids=lambda c: " ".join(c[:2]) + (" (1 MiB)" if len(" ".join(c)) > 1000 else ""),
 )
 def test_acl_user_is_denied_everything_else(restricted: redis.Redis, args: tuple[str, ...]) -> None:
-    """Keys outside the prefix, FLUSHALL, KEYS, CONFIG, ad-hoc EVAL and the rest are refused."""
+    """Keys outside the prefix, FLUSHALL, KEYS, CONFIG, any code of the user's own (EVAL,
+    SCRIPT LOAD of an endless loop or of a megabyte, EVALSHA of a script not the library's),
+    other databases and the rest are refused."""
     with pytest.raises(NoPermissionError):
         raw_command(restricted, *args)
 
 
-def test_acl_user_cannot_reach_other_keys_through_a_script(
-    restricted: redis.Redis, redis_admin: redis.Redis, key_prefix: str
+def test_acl_user_cannot_run_a_script_an_administrator_loaded_for_someone_else(
+    restricted: redis.Redis, redis_admin: redis.Redis
 ) -> None:
-    """A script run by the user is held to the same key rules (a loaded script can't escape)."""
-    script = "return redis.call('GET', KEYS[1])"
-    sha = restricted.script_load(script)
-    outside = f"other{key_prefix}:secret"
-    redis_admin.set(outside, b"x", px=10_000)
+    """Only the library's digests are allowed: another script in the server's cache (loaded
+    by anyone) cannot be run by the service user, let alone reach other keys."""
+    sha = redis_admin.script_load("return redis.call('GET', KEYS[1])")
+    assert sha not in SCRIPTS
+    with pytest.raises(NoPermissionError):
+        raw_command(restricted, "EVALSHA", sha, "1", "anything")
+
+
+async def test_without_its_scripts_the_library_fails_open_and_says_so(
+    acl_user: tuple[str, str],
+    settings: Settings,
+    redis_admin: redis.Redis,
+    make_securities: MakeSecurities,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After SCRIPT FLUSH (or a restart) a service user cannot load the scripts back: reads are
+    served from PostgreSQL, the log names the command to run, health says degraded; once an
+    administrator has run it, the cache works again."""
+    assert settings.redis_url is not None
+    restricted_settings = settings.with_changes(
+        redis_url=_url_with_user(settings.redis_url, *acl_user), breaker_reset_seconds=0.05
+    )
+    [security_id] = make_securities(1)
+    redis_admin.script_flush()
     try:
-        with pytest.raises(NoPermissionError):
-            restricted.evalsha(sha, 1, outside)
+        async with SecureCache(restricted_settings) as cache:
+            assert await cache.securities.get(security_id) is not None  # from PostgreSQL
+            assert "securecache redis-scripts" in caplog.text
+            assert (await cache.health()).redis == "degraded"
+            load_scripts(settings.redis_url)
+            await asyncio.sleep(0.1)  # past the breaker's pause
+            assert await cache.securities.get(security_id) is not None
+            assert await cache.securities.get(security_id) is not None
+            key = KeyScheme(settings.key_prefix).value(Kind.SECURITY, security_id)
+            assert redis_admin.exists(key) == 1
+            assert (await cache.health()).redis == "ok"
     finally:
-        redis_admin.delete(outside)
+        load_scripts(settings.redis_url)  # other tests share this Redis

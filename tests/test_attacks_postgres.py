@@ -53,11 +53,9 @@ class CountingInvalidator:
         self.inner = inner
         self.calls: list[int] = []
 
-    async def invalidate_older(
-        self, targets: Sequence[tuple[str, str, int]], ttl_ms: int
-    ) -> list[int]:
+    async def settle(self, targets: Sequence[tuple[str, str, int]], ttl_ms: int) -> list[int]:
         self.calls.append(len(targets))
-        return await self.inner.invalidate_older(targets, ttl_ms)
+        return await self.inner.settle(targets, ttl_ms)
 
 
 @pytest.fixture

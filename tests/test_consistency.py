@@ -549,7 +549,8 @@ async def test_concurrent_gets_of_200_cold_keys_travel_as_one_batch(
     stage: Stage,
     spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
-    """200 gets issued together: one MGET, one lease pipeline, one query, one fill pipeline."""
+    """200 gets issued together: one lookup that takes the leases too, one query, one fill
+    pipeline."""
     ids = stage.make_securities(150, with_scores=True) + stage.make_securities(
         50, with_scores=False
     )
@@ -557,7 +558,7 @@ async def test_concurrent_gets_of_200_cold_keys_travel_as_one_batch(
     async with SecureCache(stage.settings, tracer_provider=provider) as cache:
         results = await asyncio.gather(*(cache.scores.get(i) for i in ids))
 
-    for name in ("MGET", "SET NX", "SELECT securecache.score", "EVALSHA"):
+    for name in ("EVALSHA lookup", "SELECT securecache.score", "EVALSHA cas"):
         assert span_count(exporter, name) == 1, name
     truth = stage.scores(ids)
     assert len(truth) == 150

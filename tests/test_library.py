@@ -357,7 +357,8 @@ async def test_score_read_through(
 async def test_get_many_returns_only_existing_with_one_round_trip_each(
     api: Api, tracing: Tracing, stores: Stores, make_securities: MakeSecurities
 ) -> None:
-    """A cold batch: one MGET, one PostgreSQL query, one pipelined fill; a warm one: one MGET."""
+    """A cold batch: one lookup, one PostgreSQL query, one pipelined fill; a warm one: one
+    lookup."""
     ids = make_securities(7)
     missing = [unknown_id(), unknown_id()]
     tracing.clear()
@@ -368,15 +369,15 @@ async def test_get_many_returns_only_existing_with_one_round_trip_each(
         assert stores.entry(Kind.SECURITY, id_) == codec.encode_entry(found[id_])
     for id_ in missing:
         assert stores.entry(Kind.SECURITY, id_) == b"0|"
-    assert tracing.count("MGET") == 1
+    assert tracing.count("EVALSHA lookup") == 1
     assert tracing.count("SELECT securecache.security") == 1
-    assert tracing.count("EVALSHA") == 1
+    assert tracing.count("EVALSHA cas") == 1
 
     tracing.clear()
     assert await api.securities.get_many([*missing, *ids]) == found
-    assert tracing.count("MGET") == 1
+    assert tracing.count("EVALSHA lookup") == 1
     assert tracing.count("SELECT securecache.security") == 0
-    assert tracing.count("EVALSHA") == 0
+    assert tracing.count("EVALSHA cas") == 0
 
 
 async def test_score_get_many(
@@ -393,8 +394,8 @@ async def test_score_get_many(
     for id_ in without:
         assert stores.entry(Kind.SCORE, id_) == b"0|"
     assert tracing.count("SELECT securecache.score") == 1
-    assert tracing.count("MGET") == 1
-    assert tracing.count("EVALSHA") == 1
+    assert tracing.count("EVALSHA lookup") == 1
+    assert tracing.count("EVALSHA cas") == 1
 
 
 async def test_get_many_of_nothing(api: Api, tracing: Tracing) -> None:
@@ -595,7 +596,7 @@ async def test_upsert_many_writes_a_batch_in_one_transaction_and_one_pipeline(
     assert (writes[first].created, writes[first].score.version) == (False, 2)
     assert (writes[second].created, writes[second].score.version) == (True, 1)
     assert tracing.count("UPSERT securecache.score") == 1
-    assert tracing.count("EVALSHA") == 1
+    assert tracing.count("EVALSHA cas") == 1
     for id_, write in writes.items():
         assert stores.entry(Kind.SCORE, id_) == codec.encode_entry(write.score)
 

@@ -31,7 +31,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.crc import key_slot
+from redis.exceptions import NoPermissionError, NoScriptError, RedisError
 
 from securecache.telemetry import Telemetry
 
@@ -39,11 +40,37 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Redis may be shared with other services, so an entry is only a claim. An entry without a TTL
+# was not written by this library: every script treats it as if the key were empty.
+
+# KEYS: value and lease key of each id, in pairs (each pair in one hash slot; on a cluster a
+# call carries the ids of one slot). ARGV[1] lease token, ARGV[2] lease TTL in ms.
+# For each pair, two results: the entry (false when none, or none with a TTL) and whether a
+# lease was taken (1), is held by another (0), or is not needed (-1: an entry to serve).
+# A miss thus costs one round trip for the lookup and the lease together.
+LOOKUP_SCRIPT: Final = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local entry = redis.call('GET', KEYS[i])
+  if entry and redis.call('PTTL', KEYS[i]) < 0 then entry = false end
+  out[#out + 1] = entry
+  if entry and string.sub(entry, -2) ~= '|~' then
+    out[#out + 1] = -1
+  elseif redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
 # KEYS[1] value key, KEYS[2] lease key (same hash slot).
 # ARGV[1] version, ARGV[2] entry, ARGV[3] TTL in ms, ARGV[4] lease token,
 # ARGV[5] "1" for a write-through (drop the entry when the lease is lost),
 # ARGV[6] a corrupt entry the reader saw, which may be replaced whatever version it claims.
-# Returns 1 stored, 0 refused (a newer version is there), -1 refused (lease lost).
+# Returns 0 stored, -1 refused (lease lost), or N > 0: refused because the entry claims
+# version N, newer than this one (the caller checks that claim against PostgreSQL).
 CAS_SCRIPT: Final = """
 if redis.call('GET', KEYS[2]) ~= ARGV[4] then
   if ARGV[5] == '1' then redis.call('DEL', KEYS[1], KEYS[2]) end
@@ -51,46 +78,60 @@ if redis.call('GET', KEYS[2]) ~= ARGV[4] then
 end
 redis.call('DEL', KEYS[2])
 local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[6] then
+if current and current ~= ARGV[6] and redis.call('PTTL', KEYS[1]) >= 0 then
   local v = tonumber(string.match(current, '^(%d+)|'))
-  if v and v > tonumber(ARGV[1]) then return 0 end
+  if v and v > tonumber(ARGV[1]) then return v end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+return 0
 """
-CAS_SHA: Final = hashlib.sha1(CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
-# KEYS[1] value key, KEYS[2] lease key; ARGV[1] the version PostgreSQL now holds (0: the row
-# was deleted), ARGV[2] TTL in ms. Unless the entry already holds that version or newer, it is
-# replaced by a floor ("<version>|~": the truth is at least this), which refuses every older
-# write still in flight while leaving the lease to the writer of this version or a newer one.
-# A deleted row drops the entry and the lease outright.
-INVALIDATE_OLDER_SCRIPT: Final = """
+# KEYS[1] value key, KEYS[2] lease key; ARGV[1] the version PostgreSQL holds now (0: no
+# row), ARGV[2] TTL in ms. Unless the entry holds exactly that version, it is replaced by a
+# floor ("<version>|~": the truth is at least this), which refuses every older write still in
+# flight while leaving the lease to the writer of this version or a newer one. An entry
+# claiming a newer version than PostgreSQL's is replaced too: it was forged, or it belongs to
+# a write committed after PostgreSQL was read, whose loss costs one miss. No row: the entry
+# and the lease are dropped, and no key is created.
+SETTLE_SCRIPT: Final = """
 if ARGV[1] == '0' then
   redis.call('DEL', KEYS[1], KEYS[2])
   return 1
 end
 local current = redis.call('GET', KEYS[1])
-if current then
+if current and redis.call('PTTL', KEYS[1]) >= 0 then
   local v = tonumber(string.match(current, '^(%d+)|'))
-  if v and v >= tonumber(ARGV[1]) then return 0 end
+  if v and v == tonumber(ARGV[1]) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '|~', 'PX', ARGV[2])
 return 1
 """
-INVALIDATE_OLDER_SHA: Final = hashlib.sha1(
-    INVALIDATE_OLDER_SCRIPT.encode(), usedforsecurity=False
-).hexdigest()
-_SCRIPTS: Final = {CAS_SHA: CAS_SCRIPT, INVALIDATE_OLDER_SHA: INVALIDATE_OLDER_SCRIPT}
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+LOOKUP_SHA: Final = _sha(LOOKUP_SCRIPT)
+CAS_SHA: Final = _sha(CAS_SCRIPT)
+SETTLE_SHA: Final = _sha(SETTLE_SCRIPT)
+SCRIPTS: Final = {LOOKUP_SHA: LOOKUP_SCRIPT, CAS_SHA: CAS_SCRIPT, SETTLE_SHA: SETTLE_SCRIPT}
+"""Every script the library runs, by digest: what the ACL lets service users EVALSHA, and
+what ``securecache redis-scripts`` loads as an administrator."""
 
 REPLAY_CHUNK: Final = 500
 """Keys per DEL when replaying invalidations owed from an outage."""
 
-STORED: Final = 1
-REFUSED_NEWER: Final = 0
+STORED: Final = 0
 REFUSED_LEASE: Final = -1
+"""Results of a compare-and-set; a positive result is the newer version the entry claims."""
+NO_LEASE_NEEDED: Final = -1
+LEASE_HELD: Final = 0
+LEASE_TAKEN: Final = 1
 
 RedisClient = aioredis.Redis | RedisCluster
+ScriptCall = tuple[str, Sequence[str], Sequence[Any]]
+"""(script digest, keys, arguments) of one EVALSHA."""
 
 
 @attrs.frozen
@@ -104,6 +145,10 @@ class CacheWrite:
     ttl_ms: int
     replaces: bytes = b""
     """A corrupt entry seen by the reader: replaced even if it claims a higher version."""
+
+
+class ScriptsMissingError(RedisError):
+    """Redis lacks the library's scripts and this user may not load them (fail open)."""
 
 
 class CircuitBreaker:
@@ -179,6 +224,9 @@ class RedisCache:
 
     def __init__(self, client: RedisClient, telemetry: Telemetry, breaker: CircuitBreaker) -> None:
         self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self.scripts_missing = False
+        """True while Redis lacks the scripts and this user may not load them."""
         self._telemetry = telemetry
         self._breaker = breaker
         self._dirty: set[str] = set()
@@ -188,7 +236,7 @@ class RedisCache:
     @property
     def degraded(self) -> bool:
         """True while the breaker is open or invalidations are waiting to be replayed."""
-        return self._breaker.is_open or bool(self._dirty)
+        return self._breaker.is_open or bool(self._dirty) or self.scripts_missing
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -222,18 +270,6 @@ class RedisCache:
 
         return await self._call("PING", run, False)
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Raw entries of ``keys`` (None for absent); all None when Redis does not answer."""
-
-        async def run() -> list[bytes | None]:
-            if isinstance(self._client, RedisCluster):
-                values = await self._client.mget_nonatomic(list(keys))
-            else:
-                values = await self._client.mget(list(keys))
-            return [v if isinstance(v, bytes) or v is None else None for v in values]
-
-        return await self._call("MGET", run, [None] * len(keys))
-
     async def take_leases(
         self, lease_keys: Sequence[str], token: str, ttl_ms: int, *, take_over: bool = False
     ) -> list[bool] | None:
@@ -259,6 +295,43 @@ class RedisCache:
 
         await self._call("DEL", run, None)
 
+    async def lookup(
+        self, pairs: Sequence[tuple[str, str]], token: str, lease_ms: int
+    ) -> list[tuple[bytes | None, int]] | None:
+        """For each (value key, lease key): the entry, and a lease for each miss.
+
+        One script call per hash slot (one in all on a single Redis). Each result is the
+        entry (None: no entry, or none this library wrote) and LEASE_TAKEN, LEASE_HELD or
+        NO_LEASE_NEEDED. None when Redis does not answer.
+        """
+
+        def calls() -> list[ScriptCall]:
+            return [
+                (LOOKUP_SHA, [k for pair in group for k in pair], [token, lease_ms])
+                for group in self._by_slot(pairs)
+            ]
+
+        async def run() -> list[tuple[bytes | None, int]]:
+            groups = self._by_slot(pairs)
+            replies = await self._scripts(calls())
+            found: dict[tuple[str, str], tuple[bytes | None, int]] = {}
+            for group, reply in zip(groups, replies, strict=True):
+                for index, pair in enumerate(group):
+                    entry, flag = reply[2 * index], int(reply[2 * index + 1])
+                    found[pair] = (entry if isinstance(entry, bytes) else None, flag)
+            return [found[pair] for pair in pairs]
+
+        return await self._call("EVALSHA lookup", run, None)
+
+    def _by_slot(self, pairs: Sequence[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        """The pairs grouped by cluster slot (one group on a single Redis)."""
+        if not self._cluster:
+            return [list(pairs)]
+        groups: dict[int, list[tuple[str, str]]] = {}
+        for pair in pairs:
+            groups.setdefault(key_slot(pair[0].encode()), []).append(pair)
+        return list(groups.values())
+
     async def compare_and_set(
         self, writes: Sequence[CacheWrite], token: str, *, write_through: bool = False
     ) -> list[int]:
@@ -270,75 +343,91 @@ class RedisCache:
         """
         if not writes:
             return []
+        flag = "1" if write_through else "0"
+        calls = [
+            (
+                CAS_SHA,
+                [w.key, w.lease_key],
+                [w.version, w.entry, w.ttl_ms, token, flag, w.replaces],
+            )
+            for w in writes
+        ]
 
         async def run() -> list[int]:
-            return await self._with_script(
-                CAS_SHA,
-                lambda pipe: [
-                    pipe.evalsha(
-                        CAS_SHA,
-                        2,
-                        w.key,
-                        w.lease_key,
-                        w.version,
-                        w.entry,
-                        w.ttl_ms,
-                        token,
-                        "1" if write_through else "0",
-                        w.replaces,
-                    )
-                    for w in writes
-                ],
-            )
+            return [int(r) for r in await self._scripts(calls)]
 
         no_answer: list[int] = []
-        results = await self._call("EVALSHA", run, no_answer)
+        results = await self._call("EVALSHA cas", run, no_answer)
         if not results:
             if write_through:
                 self._dirty.update(k for w in writes for k in (w.key, w.lease_key))
             return [REFUSED_LEASE] * len(writes)
         return results
 
-    async def invalidate_older(
-        self, targets: Sequence[tuple[str, str, int]], ttl_ms: int
-    ) -> list[int]:
-        """For each (key, lease key, version): floor the entry unless it holds that version.
+    async def settle(self, targets: Sequence[tuple[str, str, int]], ttl_ms: int) -> list[int]:
+        """For each (key, lease key, version PostgreSQL holds): floor the entry unless it holds
+        exactly that version; drop it when the row is gone (version 0).
 
         Used for changes announced by PostgreSQL; keys that cannot be reached are
         remembered and deleted once Redis answers.
         """
         if not targets:
             return []
+        calls = [(SETTLE_SHA, [key, lease], [version, ttl_ms]) for key, lease, version in targets]
 
         async def run() -> list[int]:
-            return await self._with_script(
-                INVALIDATE_OLDER_SHA,
-                lambda pipe: [
-                    pipe.evalsha(INVALIDATE_OLDER_SHA, 2, key, lease, version, ttl_ms)
-                    for key, lease, version in targets
-                ],
-            )
+            return [int(r) for r in await self._scripts(calls)]
 
         no_answer: list[int] = []
-        results = await self._call("EVALSHA", run, no_answer)
+        results = await self._call("EVALSHA settle", run, no_answer)
         if not results:
             self._dirty.update(k for key, lease, _ in targets for k in (key, lease))
         return results
 
-    async def _with_script(self, sha: str, queue: Callable[[Any], object]) -> list[int]:
-        """Run a pipeline of EVALSHA calls, loading the script once if Redis lost it."""
+    async def _scripts(
+        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run EVALSHA calls in one pipeline (raises on any failure, for :meth:`_call`).
+
+        ``execute_command`` rather than ``pipe.evalsha``: redis-py's cluster pipeline refuses
+        the latter. A Redis that lost the scripts (restart, flush) gets them loaded again if
+        this user may; a service user may not (it runs the library's scripts and no other),
+        and then the cache fails open until an administrator runs ``securecache
+        redis-scripts``, which :attr:`scripts_missing` and the log say.
+        """
         for attempt in (1, 2):
             pipe = self._client.pipeline(transaction=False)
-            queue(pipe)
+            for sha, keys, args in calls:
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
-                await self._client.script_load(_SCRIPTS[sha])
+            missing = {
+                sha
+                for (sha, _, _), r in zip(calls, results, strict=True)
+                if isinstance(r, NoScriptError)
+            }
+            if attempt == 1 and missing:
+                await self._load_scripts(missing)
                 continue
             for r in results:
                 if isinstance(r, Exception):
                     raise r
-            return [int(r) for r in results]
+            self.scripts_missing = False
+            return list(results)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _load_scripts(self, shas: set[str]) -> None:
+        try:
+            for sha in sorted(shas):
+                await self._client.script_load(SCRIPTS[sha])
+        except NoPermissionError as exc:
+            if not self.scripts_missing:
+                log.error(
+                    "redis has not loaded securecache's scripts and this user may not load "
+                    "them: serving from PostgreSQL until an administrator runs "
+                    "`securecache redis-scripts`"
+                )
+            self.scripts_missing = True
+            raise ScriptsMissingError("securecache's Redis scripts are not loaded") from exc
 
     async def delete(self, keys: Sequence[str]) -> bool:
         """Delete keys (values and leases); remembered for later if Redis does not answer."""

@@ -221,6 +221,7 @@ class SecureCache:
             telemetry=self._telemetry,
             lease_ms=s.lease_ms,
             lease_wait_ms=s.lease_wait_ms,
+            versions=self._store.versions,
             audit=self._audit,
         )
         score_reads = ReadThrough(
@@ -233,6 +234,7 @@ class SecureCache:
             telemetry=self._telemetry,
             lease_ms=s.lease_ms,
             lease_wait_ms=s.lease_wait_ms,
+            versions=self._store.versions,
             audit=self._audit,
         )
         self._reads = (security_reads, score_reads)

@@ -5,9 +5,10 @@ every committed change, whoever makes it (a pipeline loading securities, an oper
 UPDATE). Any role that can connect can send a notice on that channel too, so a notice is only
 a hint that an id changed: the listener reads the current versions of the ids it was told
 about from PostgreSQL, in batches (one query per kind for everything that arrived together),
-and acts on those. An entry older than the version PostgreSQL holds is replaced by a floor that
-refuses older writes still in flight (a later insert thus also replaces a negative-cache
-marker); the entry of an id PostgreSQL does not have is dropped, and no key is created for it.
+and acts on those. An entry at any other version than the one PostgreSQL holds (older, or
+claiming a version PostgreSQL never had) is replaced by a floor that refuses older writes
+still in flight (a later insert thus also replaces a negative-cache marker); the entry of an
+id PostgreSQL does not have is dropped, and no key is created for it.
 
 Notifications sent while the listener is disconnected are lost, so on every reconnect it
 catches up: every row whose ``updated_at`` is later than the last moment it knew itself
@@ -45,12 +46,11 @@ STOP_SECONDS: Final = 5.0
 _TABLES: Final = {"security": Kind.SECURITY, "score": Kind.SCORE}
 
 
-class Invalidator(Protocol):
-    """What the listener needs of the cache: floor or drop entries older than PostgreSQL."""
+class Settler(Protocol):
+    """What the listener needs of the cache: bring entries to the versions PostgreSQL holds
+    (a floor in place of any other version; nothing for a row that is gone)."""
 
-    async def invalidate_older(
-        self, targets: Sequence[tuple[str, str, int]], ttl_ms: int
-    ) -> list[int]: ...
+    async def settle(self, targets: Sequence[tuple[str, str, int]], ttl_ms: int) -> list[int]: ...
 
 
 class ChangeListener:
@@ -59,7 +59,7 @@ class ChangeListener:
     def __init__(
         self,
         url: str,
-        cache: Invalidator,
+        cache: Settler,
         keys: KeyScheme,
         *,
         floor_ttl_ms: int,
@@ -137,9 +137,7 @@ class ChangeListener:
             for kind, id_, version in changes
         ]
         for start in range(0, len(targets), NOTICE_BATCH):
-            await self._cache.invalidate_older(
-                targets[start : start + NOTICE_BATCH], self._floor_ttl_ms
-            )
+            await self._cache.settle(targets[start : start + NOTICE_BATCH], self._floor_ttl_ms)
         self.applied += len(targets)
 
 

@@ -26,8 +26,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from securecache import codec, models
-from securecache.audit import Audit
-from securecache.cache import REFUSED_NEWER, STORED, CacheWrite
+from securecache.audit import Audit, Versions
+from securecache.cache import (
+    LEASE_HELD,
+    LEASE_TAKEN,
+    NO_LEASE_NEEDED,
+    STORED,
+    CacheWrite,
+)
 from securecache.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from securecache.keys import KeyScheme, Kind
 from securecache.models import Score, Security
@@ -55,7 +61,9 @@ class CacheBackend(Protocol):
     done, never an exception.
     """
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+    async def lookup(
+        self, pairs: Sequence[tuple[str, str]], token: str, lease_ms: int
+    ) -> list[tuple[bytes | None, int]] | None: ...
 
     async def take_leases(
         self, lease_keys: Sequence[str], token: str, ttl_ms: int, *, take_over: bool = False
@@ -102,6 +110,7 @@ class ReadThrough(Generic[R]):
         telemetry: Telemetry,
         lease_ms: int,
         lease_wait_ms: int = 0,
+        versions: Versions | None = None,
         audit: Audit | None = None,
     ) -> None:
         self._kind = kind
@@ -115,6 +124,7 @@ class ReadThrough(Generic[R]):
         self._telemetry = telemetry
         self._lease_ms = lease_ms
         self._lease_wait = min(lease_wait_ms, lease_ms) / 1000
+        self._versions = versions
         self._audit = audit if audit is not None and audit.enabled else None
         self._pending: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
         self._inflight: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
@@ -179,76 +189,63 @@ class ReadThrough(Generic[R]):
                     del self._inflight[id_]
 
     async def _read_through(self, batch: dict[str, asyncio.Future[tuple[R | None, str]]]) -> None:
-        """Redis first; the misses from PostgreSQL in one query; then fill under leases.
+        """Redis first (the entries, and a lease for each miss, in one round trip); the
+        misses from PostgreSQL in one query; then the fills under those leases.
 
-        Hits are resolved right after the MGET, so a PostgreSQL failure reaches only the
+        Hits are resolved right after the lookup, so a PostgreSQL failure reaches only the
         misses; misses are resolved once their fill is done (a caller that next looks in
-        Redis finds the value there).
+        Redis finds the value there). A miss whose lease another process holds waits a
+        little for that process's fill instead of querying too (one query per key across
+        the fleet).
         """
-        misses, corrupt = await self._lookup(batch)
+        token = secrets.token_hex(8)
+        misses, leases, corrupt = await self._lookup(batch, token)
         if not misses:
             return
-
-        # The lease is taken *before* reading PostgreSQL: whatever empties the key from now
-        # on (invalidate, write-through, flush, restart) also voids this fill.
-        token = secrets.token_hex(8)
-        leases = [self._keys.lease(self._kind, i) for i in misses]
-        answer = (
-            await self._cache.take_leases(leases, token, self._lease_ms) if self._cache else None
-        )
-        granted = answer if answer is not None else [False] * len(misses)
-        contested = [i for i, ok in zip(misses, granted, strict=True) if not ok]
-        if answer is not None and contested and self._lease_wait > 0:
-            # Another process holds the lease: it is reading PostgreSQL and will fill the key
-            # soon. Wait for its fill rather than add a query of our own to the herd.
-            filled = await self._await_fills(contested)
-            for id_, record in filled.items():
+        contested = [i for i in misses if leases[i] == LEASE_HELD]
+        if contested and self._lease_wait > 0:
+            for id_, record in (await self._await_fills(contested, token, leases)).items():
                 _resolve(batch[id_], record, "redis")
-            if filled:
-                kept = [
-                    (i, k, ok)
-                    for i, k, ok in zip(misses, leases, granted, strict=True)
-                    if i not in filled
-                ]
-                misses = [i for i, _, _ in kept]
-                leases = [k for _, k, _ in kept]
-                granted = [ok for _, _, ok in kept]
+                misses.remove(id_)
             if not misses:
                 return
         rows = await self._fetch(misses)
-        writes = []
-        for id_, lease_key, ok in zip(misses, leases, granted, strict=True):
-            record = rows.get(id_)
-            if ok:
-                writes.append(
-                    CacheWrite(
-                        key=self._keys.value(self._kind, id_),
-                        lease_key=lease_key,
-                        version=codec.entry_version(record),
-                        entry=codec.encode_entry(record),
-                        ttl_ms=self._ttl.ttl_ms(record is not None),
-                        replaces=corrupt.get(id_, b""),
-                    )
-                )
+        writes = [
+            CacheWrite(
+                key=self._keys.value(self._kind, id_),
+                lease_key=self._keys.lease(self._kind, id_),
+                version=codec.entry_version(rows.get(id_)),
+                entry=codec.encode_entry(rows.get(id_)),
+                ttl_ms=self._ttl.ttl_ms(id_ in rows),
+                replaces=corrupt.get(id_, b""),
+            )
+            for id_ in misses
+            if leases[id_] == LEASE_TAKEN
+        ]
         if writes and self._cache:
             outcomes = await self._cache.compare_and_set(writes, token)
             self._count_writes(outcomes)
+            await self._check_claims(writes, outcomes)
         for id_ in misses:
             record = rows.get(id_)
             _resolve(batch[id_], record, "postgres" if record is not None else "absent")
 
     async def _lookup(
-        self, batch: dict[str, asyncio.Future[tuple[R | None, str]]]
-    ) -> tuple[list[str], dict[str, bytes]]:
-        """One MGET: resolve the hits; return the misses and the corrupt entries seen."""
+        self, batch: dict[str, asyncio.Future[tuple[R | None, str]]], token: str
+    ) -> tuple[list[str], dict[str, int | None], dict[str, bytes]]:
+        """One lookup: resolve the hits; return the misses, their lease states (None: Redis
+        did not answer) and the corrupt entries seen (which a fill may replace)."""
         ids = list(batch)
+        kind = self._kind
+        pairs = [(self._keys.value(kind, i), self._keys.lease(kind, i)) for i in ids]
+        answer = await self._cache.lookup(pairs, token, self._lease_ms) if self._cache else None
         misses: list[str] = []
+        leases: dict[str, int | None] = {}
         corrupt: dict[str, bytes] = {}
         audit = self._audit
         hits: list[tuple[str, int]] = []
-        value_keys = [self._keys.value(self._kind, i) for i in ids]
-        raws = await self._cache.get_many(value_keys) if self._cache else [None] * len(ids)
-        for id_, raw in zip(ids, raws, strict=True):
+        for index, id_ in enumerate(ids):
+            raw, lease = answer[index] if answer is not None else (None, None)
             entry = codec.decode_entry(self._type, raw, id_)
             if entry is codec.ABSENT:
                 _resolve(batch[id_], None, "absent")
@@ -261,22 +258,41 @@ class ReadThrough(Generic[R]):
             else:
                 if entry is codec.CORRUPT and raw is not None:
                     corrupt[id_] = raw
-                    self._telemetry.corrupt.add(1, {"securecache.kind": str(self._kind)})
-                    log.warning("ignoring a corrupt cache entry for %s %s", self._kind, id_)
+                    self._telemetry.corrupt.add(1, {"securecache.kind": str(kind)})
+                    log.warning("ignoring a corrupt cache entry for %s %s", kind, id_)
                 misses.append(id_)
-        attrs = {"securecache.kind": str(self._kind)}
+                leases[id_] = lease
+        attrs = {"securecache.kind": str(kind)}
         self._telemetry.hits.add(len(ids) - len(misses), attrs)
         if audit is not None:
-            audit.sample(self._kind, hits)
+            audit.sample(kind, hits)
         if misses:
             self._telemetry.misses.add(len(misses), attrs)
-        return misses, corrupt
+        # Entries the script took for servable but that fail our checks need a lease too.
+        unleased = [i for i in corrupt if leases[i] == NO_LEASE_NEEDED]
+        if unleased:
+            leases.update(await self._take_leases(unleased, token))
+        return misses, leases, corrupt
 
-    async def _await_fills(self, ids: Sequence[str]) -> dict[str, R | None]:
+    async def _take_leases(self, ids: Sequence[str], token: str) -> dict[str, int | None]:
+        """Leases on ``ids`` (SET NX), as lease states; None where Redis did not answer."""
+        if self._cache is None:
+            return dict.fromkeys(ids)
+        lease_keys = [self._keys.lease(self._kind, i) for i in ids]
+        taken = await self._cache.take_leases(lease_keys, token, self._lease_ms)
+        if taken is None:
+            return dict.fromkeys(ids)
+        return {i: LEASE_TAKEN if ok else LEASE_HELD for i, ok in zip(ids, taken, strict=True)}
+
+    async def _await_fills(
+        self, ids: Sequence[str], token: str, leases: dict[str, int | None]
+    ) -> dict[str, R | None]:
         """Poll Redis for the fills of ``ids`` that another process's lease promises.
 
         Short sleeps growing from 1 ms, for at most the lease wait (never longer than the
-        lease); what has not arrived by then the caller reads from PostgreSQL itself.
+        lease). Each poll is a lookup: if the other process gave its lease up, this one
+        takes it (``leases`` is updated) and fills the key itself. What has not arrived by
+        the deadline the caller reads from PostgreSQL.
         """
         assert self._cache is not None
         found: dict[str, R | None] = {}
@@ -287,28 +303,60 @@ class ReadThrough(Generic[R]):
         while pending and loop.time() + pause <= deadline:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.016)
-            raws = await self._cache.get_many([self._keys.value(self._kind, i) for i in pending])
+            kind = self._kind
+            pairs = [(self._keys.value(kind, i), self._keys.lease(kind, i)) for i in pending]
+            answer = await self._cache.lookup(pairs, token, self._lease_ms)
+            if answer is None:
+                break  # Redis stopped answering: PostgreSQL it is
             still: list[str] = []
-            for id_, raw in zip(pending, raws, strict=True):
+            for id_, (raw, lease) in zip(pending, answer, strict=True):
                 entry = codec.decode_entry(self._type, raw, id_)
                 if entry is codec.ABSENT:
                     found[id_] = None
                 elif isinstance(entry, self._type):
                     found[id_] = entry
-                else:
+                elif lease == LEASE_HELD:
                     still.append(id_)
+                else:
+                    leases[id_] = lease  # ours now (or corrupt): no more waiting
             pending = still
-        kind = str(self._kind)
-        self._telemetry.lease_waits.add(len(found), {"securecache.kind": kind, "outcome": "filled"})
+        kind_name = str(self._kind)
         self._telemetry.lease_waits.add(
-            len(pending), {"securecache.kind": kind, "outcome": "timed_out"}
+            len(found), {"securecache.kind": kind_name, "outcome": "filled"}
+        )
+        self._telemetry.lease_waits.add(
+            len(ids) - len(found), {"securecache.kind": kind_name, "outcome": "not_filled"}
         )
         return found
+
+    async def _check_claims(self, writes: Sequence[CacheWrite], outcomes: Sequence[int]) -> None:
+        """Entries that refused a write because they claim a newer version are checked
+        against PostgreSQL; one claiming a version PostgreSQL does not hold was not written
+        by the library (a Redis user planted it) and is dropped."""
+        claims: dict[str, int] = {}
+        for write, outcome in zip(writes, outcomes, strict=True):
+            parsed = self._keys.parse(write.key)
+            if outcome > 0 and parsed is not None:
+                claims[parsed[1]] = outcome
+        if not claims or self._versions is None:
+            return
+        held = await self._versions(self._kind, list(claims))
+        forged = [i for i, claimed in claims.items() if i not in held or claimed > held[i][0]]
+        if forged:
+            self._telemetry.corrupt.add(len(forged), {"securecache.kind": str(self._kind)})
+            log.warning(
+                "dropping %d %s entr%s claiming versions PostgreSQL never held: %s",
+                len(forged),
+                self._kind,
+                "y" if len(forged) == 1 else "ies",
+                ", ".join(sorted(forged)[:10]),
+            )
+            await drop(self._cache, [self], forged)
 
     def _count_writes(self, outcomes: Sequence[int]) -> None:
         attrs = {"securecache.kind": str(self._kind)}
         stored = sum(1 for o in outcomes if o == STORED)
-        newer = sum(1 for o in outcomes if o == REFUSED_NEWER)
+        newer = sum(1 for o in outcomes if o > 0)
         self._telemetry.fills.add(stored, attrs)
         if len(outcomes) - stored:
             self._telemetry.cas_rejections.add(newer, {**attrs, "securecache.reason": "newer"})
@@ -368,6 +416,7 @@ class ReadThrough(Generic[R]):
         # entry: gets issued from now on must not join it.
         self.forget([codec.record_id(r) for r in records])
         self._count_writes(outcomes)
+        await self._check_claims(writes, outcomes)
 
     async def discard(self, ids: Sequence[str]) -> None:
         """Drop the cached entries of ``ids`` and void fills in flight (their leases)."""

@@ -1,30 +1,28 @@
-"""Redis ACL rules for the services: confined to the key prefix and the library's commands.
+"""Redis ACL rules for the services: the library's own scripts, on its own keys, and no more.
 
-Every command the library sends is listed here, so a user set up with :func:`setuser_rules`
-can do exactly what securecache needs and nothing else: no other keys, no pub/sub channels,
-no FLUSHALL, CONFIG, KEYS or EVAL of ad-hoc scripts (the compare-and-set script is loaded
-with SCRIPT LOAD and run with EVALSHA; its own GET/SET/DEL are checked against the same
-rules). I/O-free.
+A service user can run exactly the scripts securecache ships (``+evalsha|<digest>`` for each
+of :data:`securecache.cache.SCRIPTS`), and the few plain commands the library sends, on keys
+under its prefix, in its own database. It cannot load a script (``SCRIPT LOAD``), so it can
+run no code of its own: no ``while true do end`` that makes a shared Redis answer BUSY to
+everyone, no megabytes of scripts filling its memory. An administrator loads the scripts
+(``securecache redis-scripts``); until then, or after a restart that lost them, the library
+fails open and says so. The scripts' own GET/SET/DEL/PTTL are checked against the same rules.
+I/O-free.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from securecache.cache import SCRIPTS
 from securecache.keys import KeyScheme
 
-LIBRARY_COMMANDS: Final = (
-    "get",
-    "mget",
-    "set",
-    "del",
-    "evalsha",
-    "script|load",
-    "ping",
-    "select",
-)
-"""Every Redis command securecache sends (redis-py's HELLO/AUTH need no grant; SELECT is
-sent on connect for a ``redis://host/N`` URL with N other than 0)."""
+LIBRARY_COMMANDS: Final = ("get", "set", "del", "pttl", "ping")
+"""Plain commands the library sends, or that its scripts run (redis-py's HELLO/AUTH need no
+grant). ``select`` is granted for the configured database alone, and only when it is not 0
+(redis-py sends SELECT on connect for a ``redis://host/N`` URL with N other than 0)."""
+SCRIPT_COMMANDS: Final = tuple(f"evalsha|{sha}" for sha in sorted(SCRIPTS))
+"""One first-argument rule per script the library ships (Redis 6.2 and 7 alike)."""
 CLUSTER_COMMANDS: Final = (
     "cluster|slots",
     "cluster|shards",
@@ -35,11 +33,17 @@ CLUSTER_COMMANDS: Final = (
 """The extra commands redis-py's cluster client uses to learn the topology."""
 
 
-def setuser_rules(password: str, key_prefix: str = "sc", *, cluster: bool = False) -> list[str]:
+def setuser_rules(
+    password: str, key_prefix: str = "sc", *, cluster: bool = False, database: int = 0
+) -> list[str]:
     """Arguments after ``ACL SETUSER <name>``: reset, then grant only what is needed."""
     if not password:
         raise ValueError("an ACL user needs a password")
-    commands = LIBRARY_COMMANDS + (CLUSTER_COMMANDS if cluster else ())
+    if database < 0:
+        raise ValueError("a Redis database number is 0 or more")
+    commands = LIBRARY_COMMANDS + SCRIPT_COMMANDS + (CLUSTER_COMMANDS if cluster else ())
+    if database:
+        commands += (f"select|{database}",)
     return [
         "reset",
         "on",
@@ -52,7 +56,12 @@ def setuser_rules(password: str, key_prefix: str = "sc", *, cluster: bool = Fals
 
 
 def acl_file_line(
-    user: str, password: str, key_prefix: str = "sc", *, cluster: bool = False
+    user: str,
+    password: str,
+    key_prefix: str = "sc",
+    *,
+    cluster: bool = False,
+    database: int = 0,
 ) -> str:
     """The same rules as one line of a Redis ``aclfile`` (for deployments).
 
@@ -62,4 +71,5 @@ def acl_file_line(
     for what, value in (("user name", user), ("password", password)):
         if not value or any(ch.isspace() for ch in value):
             raise ValueError(f"an aclfile {what} must be non-empty and contain no white space")
-    return " ".join(["user", user, *setuser_rules(password, key_prefix, cluster=cluster)])
+    rules = setuser_rules(password, key_prefix, cluster=cluster, database=database)
+    return " ".join(["user", user, *rules])

@@ -1,4 +1,4 @@
-"""The ``securecache`` command: migrate, load-securities, seed and dev.
+"""The ``securecache`` command: migrate, load-securities, seed, redis-scripts and dev.
 
 Expected failures (bad input, unreachable server, missing setting) end with one line on
 stderr and a non-zero status, never a traceback: the CLI runs in scripts and CI jobs whose
@@ -29,6 +29,7 @@ from securecache.ops.defaults import (
     WRITER_PASSWORD_VAR,
 )
 from securecache.ops.loader import load_securities
+from securecache.ops.redis_admin import load_scripts
 from securecache.ops.seed import seed
 from securecache.redaction import redact_text
 from securecache.settings import Settings, read_secret
@@ -116,6 +117,21 @@ def cmd_seed(args: argparse.Namespace) -> int:
     url = _database_url(args)
     summary = seed(url, args.count, with_scores=not args.no_scores)
     print(f"seeded {_server_of(url)} with {args.count} demo securities: {summary}")
+    return EXIT_OK
+
+
+# -- redis-scripts --------------------------------------------------------------------------
+
+
+def cmd_redis_scripts(args: argparse.Namespace) -> int:
+    url = args.redis_url or read_secret(REDIS_URL_VAR)
+    if not url:
+        raise UsageError(
+            f"no Redis URL: pass --redis-url or set {REDIS_URL_VAR} (an administrator's URL)"
+        )
+    Settings(redis_url=url)  # checked as the library checks it, never echoed
+    shas = load_scripts(url, cluster=args.cluster)
+    print(f"loaded {len(shas)} scripts: {', '.join(sha[:12] for sha in shas)}")
     return EXIT_OK
 
 
@@ -225,6 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     seed_cmd.add_argument("--no-scores", action="store_true", help="securities only")
     database_option(seed_cmd, "an administrator")
     seed_cmd.set_defaults(handler=cmd_seed)
+
+    scripts = commands.add_parser(
+        "redis-scripts",
+        help="load the library's Lua scripts into Redis (an administrator's step)",
+        description=(
+            "Service users may run securecache's scripts but not load them: run this as a Redis "
+            "administrator once per server, and again after a restart or SCRIPT FLUSH."
+        ),
+    )
+    scripts.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help=f"an administrator's Redis URL (default: ${REDIS_URL_VAR})",
+    )
+    scripts.add_argument("--cluster", action="store_true", help="the URL is a Redis Cluster node")
+    scripts.set_defaults(handler=cmd_redis_scripts)
 
     dev = commands.add_parser(
         "dev",

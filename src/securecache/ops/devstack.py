@@ -46,6 +46,7 @@ from securecache.ops.dev import (
     role_passwords,
 )
 from securecache.ops.provision import provision
+from securecache.ops.redis_admin import load_scripts
 from securecache.ops.seed import seed
 from securecache.redaction import redact_url
 from securecache.settings import ENV_PREFIX, Settings, read_secret
@@ -156,6 +157,7 @@ def _service_redis_url(env: DevEnvironment, service: str, key_prefix: str, state
     password, _ = read_or_create_secret(state / f"redis-{service}-password")
     with redis.Redis.from_url(env.redis_url) as admin:
         admin.execute_command("ACL", "SETUSER", user, *setuser_rules(password, key_prefix))
+    load_scripts(env.redis_url)  # the administrator's step: service users may not
     url = urlsplit(env.redis_url)
     netloc = f"{quote(user)}:{quote(password)}@{url.hostname}:{url.port}"
     return urlunsplit(url._replace(netloc=netloc))

@@ -1,0 +1,157 @@
+"""Cache poisoning (issue 8, finding 1), performed for real by a Redis user of the prefix.
+
+Every service's Redis user may write keys under the prefix (they fill the cache), so any of
+them, the public API's included, can plant a well-formed entry. PostgreSQL is the truth: an
+entry without the TTL the library sets is never served, a record stored under another id's
+key is never served, and an entry claiming a version PostgreSQL does not hold is dropped by
+the next write, fill or change notice that meets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+import pytest
+import redis
+
+from fix_servers import MakeSecurities
+from securecache import Score, ScoreUpdate, SecureCache, Security, Settings, codec
+from securecache.keys import KeyScheme, Kind
+from securecache.ops.acl import setuser_rules
+
+FORGED: Final = 9_000_000_000_000_000_000
+WAIT: Final = 10.0
+
+
+@pytest.fixture
+def attacker(redis_admin: redis.Redis, settings: Settings) -> Iterator[redis.Redis]:
+    """A Redis client logged in as a service user of this prefix (what any API holds)."""
+    user, password = f"attacker-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    execute: Any = redis_admin.execute_command  # untyped in redis-py
+    execute("ACL", "SETUSER", user, *setuser_rules(password, settings.key_prefix))
+    assert settings.redis_url is not None
+    parts = urlsplit(settings.redis_url)
+    location = parts.netloc.rpartition("@")[2]
+    url = urlunsplit(parts._replace(netloc=f"{quote(user)}:{quote(password)}@{location}"))
+    client = redis.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        client.close()
+        redis_admin.acl_deluser(user)
+
+
+def forged_score(truth: Score, version: int, **changes: Any) -> bytes:
+    record = {**codec.to_dict(truth), "version": version, "growth": 0.125, **changes}
+    return b"%d|%s" % (version, orjson.dumps(record))
+
+
+async def until(condition: Any) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "still false"
+        await asyncio.sleep(0.01)
+
+
+async def test_an_entry_without_a_ttl_is_never_served_and_the_next_fill_replaces_it(
+    settings: Settings, make_securities: MakeSecurities, attacker: redis.Redis
+) -> None:
+    """A well-formed entry claiming an impossible version, planted with no TTL, is a miss:
+    the read returns PostgreSQL's record and the fill replaces the plant (with a TTL)."""
+    [sid] = make_securities(1, with_scores=True)
+    key = KeyScheme(settings.key_prefix).value(Kind.SCORE, sid)
+    async with SecureCache(settings) as cache:
+        truth = await cache.scores.get(sid)
+        assert truth is not None
+        await cache.invalidate(sid)
+        attacker.set(key, forged_score(truth, FORGED))  # no TTL
+        assert await cache.scores.get(sid) == truth
+    assert attacker.get(key) == codec.encode_entry(truth)
+    assert attacker.pttl(key) > 0
+
+
+async def test_a_forged_newer_entry_does_not_outlive_the_next_write(
+    settings: Settings, make_securities: MakeSecurities, attacker: redis.Redis
+) -> None:
+    """A plant with a TTL and version 9e18 may be served until a write meets it: the PUT's
+    write-through is refused by the plant's claim, the claim is checked against PostgreSQL,
+    and the plant is dropped; the next read is the committed version."""
+    [sid] = make_securities(1, with_scores=True)
+    key = KeyScheme(settings.key_prefix).value(Kind.SCORE, sid)
+    async with SecureCache(settings) as cache:
+        truth = await cache.scores.get(sid)
+        assert truth is not None
+        attacker.set(key, forged_score(truth, FORGED), px=600_000)
+        assert (await cache.scores.get(sid) or truth).version == FORGED  # served: a hit
+        written = await cache.scores.put(
+            sid, ScoreUpdate(growth=3.0, value=3.0, quality=3.0, momentum=3.0)
+        )
+        assert written.version == truth.version + 1
+        assert attacker.get(key) != forged_score(truth, FORGED)
+        assert await cache.scores.get(sid) == written
+
+
+async def test_a_forged_floor_or_entry_is_dropped_by_the_fill_it_blocks(
+    settings: Settings, make_securities: MakeSecurities, attacker: redis.Redis
+) -> None:
+    """A planted floor at 9e18 would refuse every fill of the id for as long as it lives: the
+    refused fill checks the claim, drops the floor, and the next read caches the truth."""
+    [sid] = make_securities(1, with_scores=True)
+    key = KeyScheme(settings.key_prefix).value(Kind.SCORE, sid)
+    attacker.set(key, b"%d|~" % FORGED, px=600_000)
+    async with SecureCache(settings) as cache:
+        first = await cache.scores.get(sid)
+        assert first is not None
+        assert attacker.get(key) is None  # the floor is gone
+        assert await cache.scores.get(sid) == first
+    assert attacker.get(key) == codec.encode_entry(first)
+
+
+async def test_another_ids_record_under_a_key_is_never_served(
+    settings: Settings, make_securities: MakeSecurities, attacker: redis.Redis
+) -> None:
+    """A valid record of security B copied under A's key (with a TTL) is corrupt for A: the
+    read returns A from PostgreSQL and the fill replaces the copy."""
+    a, b = make_securities(2)
+    keys = KeyScheme(settings.key_prefix)
+    async with SecureCache(settings) as cache:
+        real_b = await cache.securities.get(b)
+        assert real_b is not None
+        attacker.set(keys.value(Kind.SECURITY, a), codec.encode_entry(real_b), px=600_000)
+        got = await cache.securities.get(a)
+        assert isinstance(got, Security)
+        assert got.id == a
+    entry = attacker.get(keys.value(Kind.SECURITY, a))
+    assert isinstance(entry, bytes)
+    assert codec.decode_entry(Security, entry, a) == got
+
+
+async def test_a_forged_absent_marker_is_replaced_by_the_next_change_notice(
+    settings: Settings,
+    make_securities: MakeSecurities,
+    attacker: redis.Redis,
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    """A planted "absent" makes an existing security 404 while it lives; the next change of the
+    row (announced by PostgreSQL, re-read by the listener) replaces it."""
+    [sid] = make_securities(1)
+    key = KeyScheme(settings.key_prefix).value(Kind.SECURITY, sid)
+    async with SecureCache(settings.with_changes(listen_changes=True)) as cache:
+        listener = cache._listener
+        assert listener is not None
+        async with asyncio.timeout(WAIT):
+            await listener.connected.wait()
+        attacker.set(key, b"0|", px=600_000)
+        assert await cache.securities.get(sid) is None  # the window: until the row changes
+        admin_conn.execute("UPDATE securecache.security SET name = 'Renamed' WHERE id = %s", (sid,))
+        await until(lambda: attacker.get(key) != b"0|")
+        fresh = await cache.securities.get(sid)
+        assert fresh is not None
+        assert fresh.name == "Renamed"
