@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from securecache.cache import CacheWrite
+from securecache.keys import Kind
 from securecache.readthrough import CacheBackend
 
 Hook = Callable[[Sequence[CacheWrite]], Awaitable[None]]
@@ -46,6 +47,9 @@ class Interposed:
 
     async def delete(self, keys: Sequence[str]) -> bool:
         return await self.inner.delete(keys)
+
+    async def announce(self, keys: Sequence[tuple[Kind, str]]) -> None:
+        await self.inner.announce(keys)
 
 
 class HeldFills:

@@ -32,7 +32,9 @@ def test_rules_start_from_nothing_and_grant_only_the_library_commands() -> None:
     grants = {r[1:] for r in rules if r.startswith("+")}
     assert grants == set(LIBRARY_COMMANDS) | {f"evalsha|{sha}" for sha in SCRIPTS}
     assert [r for r in rules if r.startswith("~")] == ["~app:v1:*"]
-    assert not [r for r in rules if r.startswith(("&", "%", "allkeys", "allcommands", "nopass"))]
+    assert [r for r in rules if r.startswith("&")] == ["&app:v1:near"]  # near-cache channel
+    assert not [r for r in rules if r.startswith(("%", "allkeys", "allcommands", "allchannels"))]
+    assert "nopass" not in rules
 
 
 def test_dangerous_commands_are_never_granted() -> None:

@@ -57,6 +57,9 @@ class CountingInvalidator:
         self.calls.append(len(targets))
         return await self.inner.settle(targets, ttl_ms)
 
+    async def announce(self, keys: Sequence[tuple[Kind, str]]) -> None:
+        await self.inner.announce(keys)
+
 
 @pytest.fixture
 def redis_backend(servers: ServerInfo) -> RedisCache:

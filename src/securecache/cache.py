@@ -34,6 +34,8 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, NoScriptError, RedisError
 
+from securecache.keys import Kind
+from securecache.nearcache import encode_keys
 from securecache.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -222,8 +224,17 @@ def connect(url: str, *, cluster: bool, timeout: float, max_connections: int) ->
 class RedisCache:
     """The Redis round trips the policy needs, each failing open."""
 
-    def __init__(self, client: RedisClient, telemetry: Telemetry, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        telemetry: Telemetry,
+        breaker: CircuitBreaker,
+        *,
+        channel: str | None = None,
+    ) -> None:
         self._client = client
+        self._channel = channel
+        """The near caches' invalidation channel; None when no process uses a near cache."""
         self._cluster = isinstance(client, RedisCluster)
         self.scripts_missing = False
         """True while Redis lacks the scripts and this user may not load them."""
@@ -428,6 +439,22 @@ class RedisCache:
                 )
             self.scripts_missing = True
             raise ScriptsMissingError("securecache's Redis scripts are not loaded") from exc
+
+    async def announce(self, keys: Sequence[tuple[Kind, str]]) -> None:
+        """Tell every process's near cache that ``keys`` changed (when a channel is set).
+
+        Best effort: a lost message leaves a near cache stale for at most its entries'
+        maximum age, which is the documented bound.
+        """
+        channel = self._channel
+        if channel is None or not keys:
+            return
+        message = encode_keys(keys)
+
+        async def run() -> None:
+            await self._client.publish(channel, message)
+
+        await self._call("PUBLISH", run, None)
 
     async def delete(self, keys: Sequence[str]) -> bool:
         """Delete keys (values and leases); remembered for later if Redis does not answer."""

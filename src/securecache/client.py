@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+import redis.asyncio as aioredis
 from opentelemetry import metrics, trace
 
 from securecache import redaction
@@ -28,7 +29,8 @@ from securecache.models import (
     validate_id,
     validate_ids,
 )
-from securecache.readthrough import CacheBackend, ReadThrough, TTLPolicy, drop
+from securecache.nearcache import NearCache, Subscription
+from securecache.readthrough import CacheBackend, Fetch, R, ReadThrough, TTLPolicy, drop
 from securecache.settings import Settings
 from securecache.store import Store
 from securecache.telemetry import Telemetry
@@ -191,8 +193,27 @@ class SecureCache:
                 ),
                 self._telemetry,
                 CircuitBreaker(s.breaker_failures, s.breaker_reset_seconds),
+                # Writers announce changes whether or not they keep a near cache themselves:
+                # the processes that read may.
+                channel=self._keys.channel,
             )
             if s.redis_url
+            else None
+        )
+        self._near = (
+            NearCache(s.local_cache_size, s.local_cache_ttl_seconds, self._telemetry)
+            if s.local_cache_size and s.redis_url
+            else None
+        )
+        self._subscription = (
+            Subscription(
+                self._near,
+                lambda: aioredis.Redis.from_url(
+                    s.redis_url or "", socket_connect_timeout=s.redis_timeout_seconds
+                ),
+                self._keys.channel,
+            )
+            if self._near is not None
             else None
         )
         self._backend: CacheBackend | None = self._cache
@@ -211,32 +232,25 @@ class SecureCache:
             drop=drop_kind,
             telemetry=self._telemetry,
         )
-        security_reads = ReadThrough(
-            kind=Kind.SECURITY,
-            record_type=Security,
-            fetch=self._store.securities,
-            cache=self._backend,
-            keys=self._keys,
-            ttl=ttl,
-            telemetry=self._telemetry,
-            lease_ms=s.lease_ms,
-            lease_wait_ms=s.lease_wait_ms,
-            versions=self._store.versions,
-            audit=self._audit,
-        )
-        score_reads = ReadThrough(
-            kind=Kind.SCORE,
-            record_type=Score,
-            fetch=self._store.scores,
-            cache=self._backend,
-            keys=self._keys,
-            ttl=ttl,
-            telemetry=self._telemetry,
-            lease_ms=s.lease_ms,
-            lease_wait_ms=s.lease_wait_ms,
-            versions=self._store.versions,
-            audit=self._audit,
-        )
+
+        def reads(kind: Kind, record_type: type[R], fetch: Fetch[R]) -> ReadThrough[R]:
+            return ReadThrough(
+                kind=kind,
+                record_type=record_type,
+                fetch=fetch,
+                cache=self._backend,
+                keys=self._keys,
+                ttl=ttl,
+                telemetry=self._telemetry,
+                lease_ms=s.lease_ms,
+                lease_wait_ms=s.lease_wait_ms,
+                versions=self._store.versions,
+                audit=self._audit,
+                near=self._near,
+            )
+
+        security_reads = reads(Kind.SECURITY, Security, self._store.securities)
+        score_reads = reads(Kind.SCORE, Score, self._store.scores)
         self._reads = (security_reads, score_reads)
         by_kind.update({Kind.SECURITY: security_reads, Kind.SCORE: score_reads})
         self.securities = Securities(security_reads, self._store, self._telemetry)
@@ -257,6 +271,8 @@ class SecureCache:
         """Start the pools (PostgreSQL connects in the background)."""
         if not self._opened:
             await self._store.open()
+            if self._subscription is not None:
+                self._subscription.start()
             if self._listener is not None:
                 self._listener.start()
             self._opened = True
@@ -269,6 +285,8 @@ class SecureCache:
         self._opened = False
         if self._listener is not None:
             await self._listener.stop()
+        if self._subscription is not None:
+            await self._subscription.stop()
         for reads in self._reads:
             await reads.aclose()
         await self._audit.aclose()

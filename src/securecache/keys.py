@@ -48,6 +48,11 @@ class KeyScheme:
         """Glob matching every key of this scheme (for ACLs and scans)."""
         return f"{self._base}*"
 
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel on which writers tell near caches what changed."""
+        return f"{self._base}near"
+
     def value(self, kind: Kind, id_: str) -> str:
         """The key of a cached record."""
         return f"{self._base}{{{validate_id(id_)}}}:{kind.value}"

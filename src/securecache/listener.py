@@ -52,6 +52,8 @@ class Settler(Protocol):
 
     async def settle(self, targets: Sequence[tuple[str, str, int]], ttl_ms: int) -> list[int]: ...
 
+    async def announce(self, keys: Sequence[tuple[Kind, str]]) -> None: ...
+
 
 class ChangeListener:
     """A background task: LISTEN, re-read, apply, heartbeat, reconnect and catch up."""
@@ -132,13 +134,17 @@ class ChangeListener:
                     self._alive_at = await store.clock(conn)
 
     async def _apply(self, changes: Iterable[tuple[Kind, str, int]]) -> None:
-        targets = [
-            (self._keys.value(kind, id_), self._keys.lease(kind, id_), version)
-            for kind, id_, version in changes
-        ]
-        for start in range(0, len(targets), NOTICE_BATCH):
-            await self._cache.settle(targets[start : start + NOTICE_BATCH], self._floor_ttl_ms)
-        self.applied += len(targets)
+        changed = list(changes)
+        for start in range(0, len(changed), NOTICE_BATCH):
+            chunk = changed[start : start + NOTICE_BATCH]
+            targets = [
+                (self._keys.value(kind, id_), self._keys.lease(kind, id_), version)
+                for kind, id_, version in chunk
+            ]
+            await self._cache.settle(targets, self._floor_ttl_ms)
+            # Near caches in every process let go of these ids too.
+            await self._cache.announce([(kind, id_) for kind, id_, _ in chunk])
+        self.applied += len(changed)
 
 
 async def _gather(conn: psycopg.AsyncConnection[Any]) -> dict[tuple[Kind, str], None]:

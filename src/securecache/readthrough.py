@@ -37,6 +37,7 @@ from securecache.cache import (
 from securecache.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from securecache.keys import KeyScheme, Kind
 from securecache.models import Score, Security
+from securecache.nearcache import MISSING, NearCache
 from securecache.telemetry import SOURCE, Telemetry
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class CacheBackend(Protocol):
 
     async def delete(self, keys: Sequence[str]) -> bool: ...
 
+    async def announce(self, keys: Sequence[tuple[Kind, str]]) -> None: ...
+
 
 MAX_BATCH = models.MAX_BATCH
 """Most keys in one round trip; bigger batches are split (bounded Redis and SQL arguments)."""
@@ -112,6 +115,7 @@ class ReadThrough(Generic[R]):
         lease_wait_ms: int = 0,
         versions: Versions | None = None,
         audit: Audit | None = None,
+        near: NearCache | None = None,
     ) -> None:
         self._kind = kind
         # Span names follow the facade: "securecache securities.get", "securecache scores.get".
@@ -125,14 +129,25 @@ class ReadThrough(Generic[R]):
         self._lease_ms = lease_ms
         self._lease_wait = min(lease_wait_ms, lease_ms) / 1000
         self._versions = versions
+        self._near = near
         self._audit = audit if audit is not None and audit.enabled else None
         self._pending: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
         self._inflight: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def kind(self) -> Kind:
+        return self._kind
+
     async def get(self, id_: str) -> R | None:
-        """One record, loaded in the batch of this loop iteration."""
+        """One record: from the near cache, or loaded in the batch of this loop iteration."""
+        near = self._near
+        if near is not None:
+            found = near.get((self._kind, id_))
+            if found is not MISSING:
+                record: R | None = found
+                return record
         with self._telemetry.call_span(f"securecache {self._namespace}.get") as span:
             record, source = await asyncio.shield(self._future(id_))
             span.set_attribute(SOURCE, source)
@@ -141,11 +156,25 @@ class ReadThrough(Generic[R]):
     async def get_many(self, ids: Iterable[str]) -> dict[str, R]:
         """The records among ``ids`` that exist, keyed by id."""
         unique = list(dict.fromkeys(ids))
+        found: dict[str, R] = {}
+        near = self._near
+        if near is not None:
+            rest = []
+            for id_ in unique:
+                hit = near.get((self._kind, id_))
+                if hit is MISSING:
+                    rest.append(id_)
+                elif hit is not None:
+                    found[id_] = hit
+            unique = rest
+        if not unique:
+            return found
         with self._telemetry.call_span(f"securecache {self._namespace}.get_many") as span:
             span.set_attribute("securecache.ids", len(unique))
             futures = [self._future(i) for i in unique]
             results = await asyncio.shield(asyncio.gather(*futures))
-            return {i: r for i, (r, _) in zip(unique, results, strict=True) if r is not None}
+            found.update({i: r for i, (r, _) in zip(unique, results, strict=True) if r is not None})
+            return found
 
     def _future(self, id_: str) -> asyncio.Future[tuple[R | None, str]]:
         future = self._inflight.get(id_) or self._pending.get(id_)
@@ -199,13 +228,15 @@ class ReadThrough(Generic[R]):
         the fleet).
         """
         token = secrets.token_hex(8)
-        misses, leases, corrupt = await self._lookup(batch, token)
+        ticket = self._near.ticket() if self._near is not None else 0
+        misses, leases, corrupt = await self._lookup(batch, token, ticket)
         if not misses:
             return
         contested = [i for i in misses if leases[i] == LEASE_HELD]
         if contested and self._lease_wait > 0:
             for id_, record in (await self._await_fills(contested, token, leases)).items():
                 _resolve(batch[id_], record, "redis")
+                self._remember(id_, record, ticket)
                 misses.remove(id_)
             if not misses:
                 return
@@ -229,9 +260,15 @@ class ReadThrough(Generic[R]):
         for id_ in misses:
             record = rows.get(id_)
             _resolve(batch[id_], record, "postgres" if record is not None else "absent")
+            self._remember(id_, record, ticket)
+
+    def _remember(self, id_: str, record: R | None, ticket: int) -> None:
+        """Keep what was just read in the near cache, unless invalidated since ``ticket``."""
+        if self._near is not None:
+            self._near.put((self._kind, id_), record, ticket)
 
     async def _lookup(
-        self, batch: dict[str, asyncio.Future[tuple[R | None, str]]], token: str
+        self, batch: dict[str, asyncio.Future[tuple[R | None, str]]], token: str, ticket: int
     ) -> tuple[list[str], dict[str, int | None], dict[str, bytes]]:
         """One lookup: resolve the hits; return the misses, their lease states (None: Redis
         did not answer) and the corrupt entries seen (which a fill may replace)."""
@@ -249,10 +286,12 @@ class ReadThrough(Generic[R]):
             entry = codec.decode_entry(self._type, raw, id_)
             if entry is codec.ABSENT:
                 _resolve(batch[id_], None, "absent")
+                self._remember(id_, None, ticket)
                 if audit is not None:
                     hits.append((id_, codec.ABSENT_VERSION))
             elif isinstance(entry, self._type):
                 _resolve(batch[id_], entry, "redis")
+                self._remember(id_, entry, ticket)
                 if audit is not None:
                     hits.append((id_, entry.version))
             else:
@@ -415,6 +454,7 @@ class ReadThrough(Generic[R]):
         # A get that started while the cache write was in flight may have read the old
         # entry: gets issued from now on must not join it.
         self.forget([codec.record_id(r) for r in records])
+        await self._cache.announce([(self._kind, codec.record_id(r)) for r in records])
         self._count_writes(outcomes)
         await self._check_claims(writes, outcomes)
 
@@ -431,9 +471,12 @@ class ReadThrough(Generic[R]):
         ]
 
     def forget(self, ids: Sequence[str]) -> None:
-        """Let later gets of ``ids`` start a new load instead of joining one in flight."""
+        """Let later gets of ``ids`` start a new load instead of joining one in flight, and
+        evict them from the near cache (refusing its fills begun before now)."""
         for id_ in ids:
             self._inflight.pop(id_, None)
+        if self._near is not None:
+            self._near.invalidate([(self._kind, i) for i in ids])
 
     async def aclose(self) -> None:
         """Wait for loads in flight (their callers are waiting on them anyway)."""
@@ -456,6 +499,7 @@ async def drop(
         await cache.delete([k for r in reads for k in r.entry_keys(ids)])
         for r in reads:
             r.forget(ids)
+        await cache.announce([(r.kind, i) for r in reads for i in ids])
 
 
 def _resolve(future: asyncio.Future[tuple[R | None, str]], record: R | None, source: str) -> None:

@@ -103,15 +103,6 @@ def _not_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None
         )
 
 
-def _reserved_zero(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    _not_negative(_, attribute, value)
-    if value != 0:
-        raise ConfigurationError(
-            f"{attribute.name}: the near cache is not implemented yet; only 0 is accepted",
-            field=attribute.name,
-        )
-
-
 def _fraction(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not (math.isfinite(value) and 0 <= value < 1):
         raise ConfigurationError(
@@ -150,9 +141,10 @@ class Settings:
     key_prefix: str = attrs.field(default="sc", validator=_prefix)
     listen_changes: bool = False
     """Run the PostgreSQL NOTIFY listener (changes made outside the library)."""
-    local_cache_size: int = attrs.field(default=0, validator=_reserved_zero)
-    """Entries of the in-process near cache: reserved, only 0 (off) is accepted for now."""
+    local_cache_size: int = attrs.field(default=0, validator=_not_negative)
+    """Entries of the in-process near cache (0: off). Needs a Redis to tell it of changes."""
     local_cache_ttl_seconds: float = attrs.field(default=1.0, validator=_positive)
+    """Hard maximum age of a near-cache entry: the bound on how stale a near hit can be."""
     db_pool_min_size: int = attrs.field(default=1, validator=_not_negative)
     db_pool_max_size: int = attrs.field(default=10, validator=_positive)
     db_timeout_seconds: float = attrs.field(default=5.0, validator=_positive)

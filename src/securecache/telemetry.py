@@ -51,6 +51,17 @@ class Telemetry:
             unit="{entry}",
             description="Misses that waited for another process's fill (by outcome)",
         )
+        self.near_hits = meter.create_counter(
+            "securecache.near.hits", unit="{entry}", description="Values served from memory"
+        )
+        self.near_misses = meter.create_counter(
+            "securecache.near.misses", unit="{entry}", description="Near-cache look-ups missed"
+        )
+        self.near_evictions = meter.create_counter(
+            "securecache.near.evictions",
+            unit="{entry}",
+            description="Near-cache entries evicted for room (least recently used)",
+        )
         self.corrupt = meter.create_counter(
             "securecache.cache.corrupt", unit="{entry}", description="Untrusted entries ignored"
         )

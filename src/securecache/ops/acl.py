@@ -17,10 +17,11 @@ from typing import Final
 from securecache.cache import SCRIPTS
 from securecache.keys import KeyScheme
 
-LIBRARY_COMMANDS: Final = ("get", "set", "del", "pttl", "ping")
+LIBRARY_COMMANDS: Final = ("get", "set", "del", "pttl", "ping", "publish", "subscribe")
 """Plain commands the library sends, or that its scripts run (redis-py's HELLO/AUTH need no
 grant). ``select`` is granted for the configured database alone, and only when it is not 0
-(redis-py sends SELECT on connect for a ``redis://host/N`` URL with N other than 0)."""
+(redis-py sends SELECT on connect for a ``redis://host/N`` URL with N other than 0).
+PUBLISH and SUBSCRIBE reach the prefix's near-cache channel alone (``&<channel>``)."""
 SCRIPT_COMMANDS: Final = tuple(f"evalsha|{sha}" for sha in sorted(SCRIPTS))
 """One first-argument rule per script the library ships (Redis 6.2 and 7 alike)."""
 CLUSTER_COMMANDS: Final = (
@@ -50,6 +51,7 @@ def setuser_rules(
         f">{password}",
         f"~{KeyScheme(key_prefix).pattern}",
         "resetchannels",
+        f"&{KeyScheme(key_prefix).channel}",
         "-@all",
         *(f"+{command}" for command in commands),
     ]
