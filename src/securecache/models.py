@@ -26,6 +26,10 @@ CONTROL_CHARACTERS: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 """Unicode category Cc: refused in names, symbols and exchanges (here and in SQL)."""
 TEXT_MAX: Final = 256
 """Longest name, symbol or exchange accepted (keeps cache entries and pages bounded)."""
+MAX_PAGE: Final = 500
+"""Most securities one listing page holds (``limit`` runs from 1 to this)."""
+MAX_BATCH: Final = 500
+"""Most records one batch call reads or writes (bounds one query, one MGET, one transaction)."""
 
 
 def validate_id(value: object, field: str = "id") -> str:
