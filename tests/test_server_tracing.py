@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from securecache import Settings
 from securecache.dev import ServerInfo
 from servers import internal_api, public_api
+from servers.settings import ServerSettings
 from servers.telemetry import INTERNAL_SERVICE_NAME, PUBLIC_SERVICE_NAME, tracing_from_env
 
 MakeSecurities = Callable[..., list[str]]
@@ -73,8 +74,10 @@ async def internal(
     """The internal app, tracing to memory."""
     settings = Settings(
         database_url=database.writer_url, redis_url=servers.redis_url, key_prefix=key_prefix
-    ).with_changes(api_tokens=(TOKEN,))
-    app = internal_api.create_app(settings, tracer_provider=provider)
+    )
+    app = internal_api.create_app(
+        settings, server=ServerSettings(api_tokens=(TOKEN,)), tracer_provider=provider
+    )
     async for http in started(app, Authorization=f"Bearer {TOKEN}"):
         yield http
 
