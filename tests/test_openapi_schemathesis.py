@@ -13,12 +13,15 @@ in a fixture, fails under pytest 9: it writes ``Function._nodeid``, which pytest
 
 The project's ``schemathesis.toml`` (what ``schemathesis run`` reads against the running
 servers) is loaded too: it tells one check that ``PUT /scores/{security_id}`` may answer 412
-to a well-formed If-Match, and why.
+to a well-formed If-Match, and why. Last, the schemathesis CLI runs as a client would,
+against both APIs launched as processes (``python -m servers``), in every phase.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +37,7 @@ from opentelemetry import trace
 from schemathesis.config import SchemathesisConfig
 from schemathesis.schemas import BaseSchema
 
+from launched import launch_environment, launched
 from securecache.dev import ServerInfo
 from servers import internal_api, public_api
 
@@ -170,3 +174,58 @@ async def test_served_documents_are_the_tested_ones() -> None:
             httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://x") as http,
         ):
             assert (await http.get("/openapi.json")).json() == schema.raw_schema
+
+
+# -- as a client would: the schemathesis CLI against the launched servers ---------------------
+
+CLI_MAX_EXAMPLES: Final = 10
+
+
+def schemathesis_cli(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``schemathesis run <url>/openapi.json --checks all``, every phase, the project's
+    schemathesis.toml; modest example counts, so the suite stays quick."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file",
+            str(ROOT / "schemathesis.toml"),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            str(CLI_MAX_EXAMPLES),
+            "--no-color",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+
+
+def test_the_running_servers_pass_the_schemathesis_cli(
+    seeded: None, database: Any, servers: ServerInfo, key_prefix: str, tmp_path: Path
+) -> None:
+    """``python -m servers public`` and ``internal``, each as its own role, pass
+    ``schemathesis run --checks all`` in every phase (examples, coverage, fuzzing, stateful)."""
+    common = {
+        "SECURECACHE_REDIS_URL": servers.redis_url,
+        "SECURECACHE_KEY_PREFIX": key_prefix,
+    }
+    public_env = launch_environment(SECURECACHE_DATABASE_URL=database.reader_url, **common)
+    internal_env = launch_environment(
+        SECURECACHE_DATABASE_URL=database.writer_url, SECURECACHE_API_TOKENS=TOKEN, **common
+    )
+    with launched("public", public_env) as public_server:
+        result = schemathesis_cli(public_server.url, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with launched("internal", internal_env) as internal_server:
+        result = schemathesis_cli(
+            internal_server.url, tmp_path, "--header", f"Authorization: Bearer {TOKEN}"
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
