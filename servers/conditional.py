@@ -25,10 +25,8 @@ from typing import Final
 import attrs
 from starlette.responses import Response
 
-from servers.params import Kind, text
+from servers.params import JSON, Kind, text
 from servers.schemas import anchored
-
-JSON: Final = "application/json"
 
 _ETAGC: Final = r"[\x21\x23-\x7e\x80-\xff]"
 ENTITY_TAG: Final = re.compile(rf'(?:W/)?"{_ETAGC}*"')

@@ -105,6 +105,7 @@ class Components:
 
     def __init__(self) -> None:
         self.schemas: dict[str, Schema] = {}
+        self._classes: dict[str, type] = {}
 
     def schema_of(self, kind: Any) -> Schema:
         """The JSON Schema of a Python type; attrs classes become components."""
@@ -137,6 +138,8 @@ class Components:
         if bound:  # a generic record (Page[Security]): described in place, not named
             return self._object(cls, bound)
         name = cls.__name__
+        if self._classes.setdefault(name, cls) is not cls:
+            raise TypeError(f"two classes named {name} in one document")
         if name not in self.schemas:
             self.schemas[name] = {}  # reserved first: records may refer to themselves
             self.schemas[name] = self._object(cls, {})
