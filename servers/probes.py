@@ -21,6 +21,9 @@ from servers.routes import NO_STORE, RETRY_AFTER, Reply, declare
 READY_TIMEOUT_SECONDS: Final = 2.0
 """Longest a readiness probe waits for PostgreSQL: probes time out, so answer before they do."""
 
+RedisState = Literal["ok", "degraded", "disabled", "unknown"]
+"""What readiness says of Redis: the library's states, or unknown when it could not ask."""
+
 
 @attrs.frozen
 class Liveness:
@@ -35,10 +38,15 @@ class Readiness:
 
     status: Literal["ready", "unavailable"]
     database: Literal["ok", "unavailable"]
-    redis: Literal["ok", "degraded", "disabled", "unknown"]
+    redis: RedisState
 
 
 _HEADERS: Final = {"Cache-Control": "no-store"}
+_REDIS_STATES: Final[dict[str, RedisState]] = {
+    "ok": "ok",
+    "degraded": "degraded",
+    "disabled": "disabled",
+}
 
 
 async def healthz() -> Response:
@@ -50,7 +58,7 @@ async def readyz(request: Request) -> Response:
     """Readiness: PostgreSQL answers; Redis is reported, not required."""
     cache = getattr(request.app.state, "cache", None)
     database: Literal["ok", "unavailable"] = "unavailable"
-    redis: Literal["ok", "degraded", "disabled", "unknown"] = "unknown"
+    redis: RedisState = "unknown"
     if isinstance(cache, SecureCache):
         try:
             health = await asyncio.wait_for(cache.health(), READY_TIMEOUT_SECONDS)
@@ -58,7 +66,7 @@ async def readyz(request: Request) -> Response:
             pass
         else:
             database = "ok" if health.database else "unavailable"
-            redis = health.redis  # type: ignore[assignment]  # the library's four states
+            redis = _REDIS_STATES.get(health.redis, "unknown")
     ready = database == "ok"
     body = Readiness(status="ready" if ready else "unavailable", database=database, redis=redis)
     headers = dict(_HEADERS) if ready else {**_HEADERS, "Retry-After": "1"}

@@ -70,18 +70,17 @@ class ServerSettings:
         raw_port = env.get(METRICS_PORT_VAR, "").strip()
         try:
             port = int(raw_port) if raw_port else default_metrics_port
-        except ValueError:
+            _port(None, attrs.fields(cls).metrics_port, port)
+        except (ValueError, ConfigurationError):
             raise ConfigurationError(
-                f"{METRICS_PORT_VAR}: cannot parse {raw_port!r} as a port", field="metrics_port"
+                f"{METRICS_PORT_VAR}: {raw_port!r} is not a port from 0 (off) to {_MAX_PORT}",
+                field="metrics_port",
             ) from None
-        try:
-            return cls(
-                api_tokens=_split_tokens(_secret(env, API_TOKENS_VAR)),
-                metrics_port=port,
-                metrics_host=metrics_host,
-            )
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{METRICS_PORT_VAR}: {exc}", field=exc.field) from exc
+        return cls(
+            api_tokens=_split_tokens(_secret(env, API_TOKENS_VAR)),
+            metrics_port=port,
+            metrics_host=metrics_host,
+        )
 
 
 def _secret(env: Mapping[str, str], var: str) -> str:
