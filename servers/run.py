@@ -1,9 +1,8 @@
-"""Running the APIs under uvicorn: one per process (containers) or both on one loop (dev).
+"""Serving apps under uvicorn, with a graceful drain: the core :mod:`servers.launcher` runs.
 
-Shutdown is graceful either way. On SIGTERM or SIGINT every server stops accepting
-connections, lets the requests in flight finish (up to :data:`GRACE_SECONDS`), and only then
-runs its lifespan's shutdown, which closes the PostgreSQL and Redis pools. A second SIGINT
-skips the wait.
+Shutdown is graceful. On SIGTERM or SIGINT every server stops accepting connections, lets the
+requests in flight finish (up to :data:`GRACE_SECONDS`), and only then runs its lifespan's
+shutdown, which closes the PostgreSQL and Redis pools. A second SIGINT skips the wait.
 
 uvicorn installs its own signal handlers per server, and a second server on the same loop
 would take them over from the first; here the servers leave signals alone and one handler
@@ -12,19 +11,15 @@ stops them all.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Final
 
 import uvicorn
 from starlette.applications import Starlette
-
-from securecache import SecureCacheError, Settings
 
 GRACE_SECONDS: Final = 25.0
 """Longest wait for requests in flight: under Kubernetes' default 30 s termination grace."""
@@ -109,94 +104,3 @@ async def serve_apps(apps: Sequence[tuple[Starlette, str, int]]) -> None:
     if failed:
         names = ", ".join(f"{apps[i][1]}:{apps[i][2]}" for i in sorted(failed))
         raise StartupError(f"could not start the server(s) on {names}; see the log above")
-
-
-async def serve_async(
-    public_settings: Settings | None,
-    internal_settings: Settings | None,
-    *,
-    host: str = "127.0.0.1",
-    public_port: int = 8080,
-    internal_port: int = 8081,
-) -> None:
-    """Both APIs on the running loop, each with its own settings (and so its own roles)."""
-    from servers import internal_api, public_api
-
-    await serve_apps(
-        [
-            (public_api.create_app(public_settings), host, public_port),
-            (internal_api.create_app(internal_settings), host, internal_port),
-        ]
-    )
-
-
-def serve(
-    public_settings: Settings | None,
-    internal_settings: Settings | None,
-    *,
-    host: str = "127.0.0.1",
-    public_port: int = 8080,
-    internal_port: int = 8081,
-) -> None:
-    """Run both APIs in this process until SIGINT/SIGTERM (what ``securecache dev`` uses).
-
-    The public API should get a ``securecache_reader`` database URL and the internal API a
-    ``securecache_writer`` one; None reads ``SECURECACHE_*`` from the environment.
-    """
-    configure_logging()
-    asyncio.run(
-        serve_async(
-            public_settings,
-            internal_settings,
-            host=host,
-            public_port=public_port,
-            internal_port=internal_port,
-        )
-    )
-
-
-def main_one(app: Starlette, *, default_port: int, argv: Sequence[str] | None = None) -> None:
-    """``python -m servers.public_api`` / ``servers.internal_api``: one API, settings from env."""
-    parser = argparse.ArgumentParser(description="Serve one securecache API (settings from env).")
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container")
-    parser.add_argument("--port", type=int, default=default_port)
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        asyncio.run(serve_apps([(app, args.host, args.port)]))
-    except StartupError as exc:
-        sys.exit(f"error: {exc}")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m servers.run``: both APIs, each optionally with its own database URL."""
-    parser = argparse.ArgumentParser(description="Serve both securecache APIs in one process.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--public-port", type=int, default=8080)
-    parser.add_argument("--internal-port", type=int, default=8081)
-    parser.add_argument(
-        "--public-database-url", help="the reader's URL (default SECURECACHE_DATABASE_URL)"
-    )
-    parser.add_argument(
-        "--internal-database-url", help="the writer's URL (default SECURECACHE_DATABASE_URL)"
-    )
-    args = parser.parse_args(argv)
-    from servers.common import settings_from_env
-
-    try:
-        base = settings_from_env()
-        public = base.with_changes(database_url=args.public_database_url or base.database_url)
-        internal = base.with_changes(database_url=args.internal_database_url or base.database_url)
-        serve(
-            public,
-            internal,
-            host=args.host,
-            public_port=args.public_port,
-            internal_port=args.internal_port,
-        )
-    except (StartupError, SecureCacheError) as exc:
-        sys.exit(f"error: {exc}")
-
-
-if __name__ == "__main__":
-    main()

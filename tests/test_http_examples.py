@@ -17,10 +17,11 @@ from starlette.applications import Starlette
 from securecache import Settings
 from securecache.ops.dev import ServerInfo
 from servers import internal_api, public_api
+from servers.settings import ServerSettings
 
 MakeSecurities = Callable[..., list[str]]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TOKEN = "example-token"
+TOKEN = "example-token-0123456789abcdef"
 
 
 def load_example(name: str) -> ModuleType:
@@ -56,8 +57,12 @@ async def internal(
 ) -> AsyncIterator[httpx.ASGITransport]:
     settings = Settings(
         database_url=database.writer_url, redis_url=servers.redis_url, key_prefix=key_prefix
-    ).with_changes(api_tokens=(TOKEN,))
-    app = internal_api.create_app(settings, tracer_provider=trace.NoOpTracerProvider())
+    )
+    app = internal_api.create_app(
+        settings,
+        server=ServerSettings(api_tokens=(f"examples:write:{TOKEN}",)),
+        tracer_provider=trace.NoOpTracerProvider(),
+    )
     async for transport in started(app):
         yield transport
 

@@ -16,19 +16,23 @@ from starlette.applications import Starlette
 from securecache import ConfigurationError, Settings
 from securecache.ops.dev import ServerInfo
 from servers import internal_api, public_api
+from servers.settings import ServerSettings
 
 MakeSecurities = Callable[..., list[str]]
-TOKEN = "test-token-0123456789"
+TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SCORE = {"growth": 8.5, "value": 7.9, "quality": 9.1, "momentum": 6.8}
 
 
+SERVER = ServerSettings(
+    api_tokens=("other:write:another-token-0123456789abcdef", f"tests:write:{TOKEN}")
+)
+
+
 def internal_settings(database: Any, servers: ServerInfo, key_prefix: str) -> Settings:
-    settings = Settings(
+    return Settings(
         database_url=database.writer_url, redis_url=servers.redis_url, key_prefix=key_prefix
     )
-    # with_changes: mypy cannot type api_tokens= through the field's bare `tuple` converter.
-    return settings.with_changes(api_tokens=("another-token", TOKEN))
 
 
 @pytest.fixture
@@ -36,6 +40,7 @@ async def app(database: Any, servers: ServerInfo, key_prefix: str) -> AsyncItera
     """The internal app as the writer role, started."""
     app = internal_api.create_app(
         internal_settings(database, servers, key_prefix),
+        server=SERVER,
         tracer_provider=trace.NoOpTracerProvider(),
     )
     async with app.router.lifespan_context(app):
@@ -134,7 +139,7 @@ async def test_every_configured_token_is_accepted(
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app), base_url="http://internal"
     ) as http:
-        for token in ("another-token", TOKEN):
+        for token in ("another-token-0123456789abcdef", TOKEN):
             response = await http.get(
                 f"/scores/{sid}", headers={"Authorization": f"bearer {token}"}
             )
@@ -144,7 +149,7 @@ async def test_every_configured_token_is_accepted(
 def test_internal_api_refuses_to_start_without_tokens(database: Any) -> None:
     """No configured token is a configuration error, raised before serving anything."""
     with pytest.raises(ConfigurationError, match="bearer token"):
-        internal_api.create_app(Settings(database_url=database.writer_url))
+        internal_api.create_app(Settings(database_url=database.writer_url), server=ServerSettings())
 
 
 async def test_tokens_from_the_environment_are_checked_at_startup(
@@ -538,8 +543,10 @@ async def test_writes_while_postgresql_is_down_are_503(key_prefix: str) -> None:
         database_url="postgresql://nobody@127.0.0.1:9/none",
         key_prefix=key_prefix,
         db_timeout_seconds=0.3,
-    ).with_changes(api_tokens=(TOKEN,))
-    app = internal_api.create_app(settings, tracer_provider=trace.NoOpTracerProvider())
+    )
+    app = internal_api.create_app(
+        settings, server=SERVER, tracer_provider=trace.NoOpTracerProvider()
+    )
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
@@ -563,6 +570,7 @@ async def as_reader(
     settings = internal_settings(database, servers, key_prefix)
     app = internal_api.create_app(
         settings.with_changes(database_url=database.reader_url),
+        server=SERVER,
         tracer_provider=trace.NoOpTracerProvider(),
     )
     async with (

@@ -1,25 +1,30 @@
 """Schemathesis against both apps in process: each does what its OpenAPI document says.
 
-Every default check runs (server errors, status codes, content types, headers, response
-schemas, positive data accepted, negative data rejected, unsupported methods, auth enforced),
-over real PostgreSQL and Redis. Half of the ids it draws are ids that exist, so the 200 paths
-are checked as well as the 404s.
+Every check runs (server errors, status codes, content types, headers, response schemas,
+positive data accepted, negative data rejected, unsupported methods, auth enforced), over
+real PostgreSQL and Redis. Half of the ids it draws are ids that exist, so the 200 paths are
+checked as well as the 404s. The documents are generated from the route declarations, so
+this checks the generator as much as the handlers.
 
 The documents are loaded from the servers' own ``OPENAPI`` data, and
 :func:`test_served_documents_are_the_tested_ones` proves ``GET /openapi.json`` serves exactly
 that. (``schemathesis.pytest.from_fixture``, which would load them over ASGI from an app built
 in a fixture, fails under pytest 9: it writes ``Function._nodeid``, which pytest 9 removed.)
 
-One check is told one more status. For ``PUT /scores/{security_id}`` a request whose every
-part matches the schema may still name, in If-Match, a version the score is no longer at;
-the server answers 412 Precondition Failed, as RFC 9110 requires. That is the state of the
-resource, not the shape of the request, like the 409 the check already allows.
+The project's ``schemathesis.toml`` (what ``schemathesis run`` reads against the running
+servers) is loaded too: it tells one check that ``PUT /scores/{security_id}`` may answer 412
+to a well-formed If-Match, and why. Last, the schemathesis CLI runs as a client would,
+against both APIs launched as processes (``python -m servers``), in every phase.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, cast
 
 import httpx
@@ -28,27 +33,21 @@ import psycopg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
 from opentelemetry import trace
 from schemathesis.config import SchemathesisConfig
 from schemathesis.schemas import BaseSchema
 
-from securecache.client import encode_cursor
-from securecache.models import ID_PATTERN
+from launched import launch_environment, launched
 from securecache.ops.dev import ServerInfo
 from servers import internal_api, public_api
 
-TOKEN: Final = "schemathesis-token"
+ROOT: Final = Path(__file__).resolve().parent.parent
+PROJECT_CONFIG: Final = tomllib.loads((ROOT / "schemathesis.toml").read_text(encoding="utf-8"))
+TOKEN: Final = "schemathesis-token-0123456789abcdef"
 MAX_EXAMPLES: Final = 25
 SCORED: Final = [f"STH-SCORED-{i:02d}" for i in range(20)]
 BARE: Final = [f"STH-BARE-{i:02d}" for i in range(5)]
 """Securities that exist (with and without a score); fixed, so the config can name them."""
-
-# Cursors are opaque values the API issued; any id the API could list makes a real one.
-schemathesis.openapi.format(
-    "securecache-cursor", st.from_regex(ID_PATTERN, fullmatch=True).map(encode_cursor)
-)
-
 
 TestFunction = Callable[..., None]
 
@@ -57,6 +56,7 @@ def load(document: dict[str, Any], *id_parameters: str, **extra: Any) -> BaseSch
     """The document as served (JSON), modest example counts, ids half the time real ones."""
     config = SchemathesisConfig.from_dict(
         {
+            **PROJECT_CONFIG,
             "generation": {"max-examples": MAX_EXAMPLES},
             "dictionaries": {"ids": {"values": SCORED + BARE}},
             "parameters": {
@@ -79,18 +79,6 @@ internal = load(
     "path.security_id",
     "body.items[*].security_id",
     auth={"openapi": {"bearer": {"bearer": TOKEN}}},
-    operations=[
-        {
-            "include-operation-id": "putScore",
-            "checks": {
-                "positive_data_acceptance": {
-                    "expected-statuses": [
-                        *("2xx", "3xx", "401", "403", "404", "409", "412", "429", "5xx")
-                    ]
-                }
-            },
-        }
-    ],
 )
 
 
@@ -131,7 +119,7 @@ def set_environment(
     monkeypatch.setenv("SECURECACHE_DATABASE_URL", database_url)
     monkeypatch.setenv("SECURECACHE_REDIS_URL", redis_url)
     monkeypatch.setenv("SECURECACHE_KEY_PREFIX", key_prefix)
-    monkeypatch.setenv("SECURECACHE_API_TOKENS", TOKEN)
+    monkeypatch.setenv("SECURECACHE_API_TOKENS", f"schemathesis:write:{TOKEN}")
 
 
 @pytest.fixture
@@ -186,3 +174,60 @@ async def test_served_documents_are_the_tested_ones() -> None:
             httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://x") as http,
         ):
             assert (await http.get("/openapi.json")).json() == schema.raw_schema
+
+
+# -- as a client would: the schemathesis CLI against the launched servers ---------------------
+
+CLI_MAX_EXAMPLES: Final = 10
+
+
+def schemathesis_cli(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``schemathesis run <url>/openapi.json --checks all``, every phase, the project's
+    schemathesis.toml; modest example counts, so the suite stays quick."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file",
+            str(ROOT / "schemathesis.toml"),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            str(CLI_MAX_EXAMPLES),
+            "--no-color",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+
+
+def test_the_running_servers_pass_the_schemathesis_cli(
+    seeded: None, database: Any, servers: ServerInfo, key_prefix: str, tmp_path: Path
+) -> None:
+    """``python -m servers public`` and ``internal``, each as its own role, pass
+    ``schemathesis run --checks all`` in every phase (examples, coverage, fuzzing, stateful)."""
+    common = {
+        "SECURECACHE_REDIS_URL": servers.redis_url,
+        "SECURECACHE_KEY_PREFIX": key_prefix,
+    }
+    public_env = launch_environment(SECURECACHE_DATABASE_URL=database.reader_url, **common)
+    internal_env = launch_environment(
+        SECURECACHE_DATABASE_URL=database.writer_url,
+        SECURECACHE_API_TOKENS=f"schemathesis:write:{TOKEN}",
+        **common,
+    )
+    with launched("public", public_env) as public_server:
+        result = schemathesis_cli(public_server.url, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with launched("internal", internal_env) as internal_server:
+        result = schemathesis_cli(
+            internal_server.url, tmp_path, "--header", f"Authorization: Bearer {TOKEN}"
+        )
+    assert result.returncode == 0, result.stdout + result.stderr

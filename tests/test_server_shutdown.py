@@ -1,109 +1,72 @@
-"""Both APIs in one process (``python -m servers.run``): served over TCP, stopped gracefully."""
+"""The launcher (``python -m servers public|internal``): one API per process, each with its
+own role, served over TCP, stopped gracefully, refusing to start when misconfigured."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from securecache.ops.dev import ServerInfo, free_port
+from launched import ROOT, Launched, launch_environment, launched
+from securecache.ops.dev import ServerInfo
 
 MakeSecurities = Callable[..., list[str]]
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "shutdown-token"
-
-
-class Running:
-    def __init__(self, process: subprocess.Popen[str], public: str, internal: str) -> None:
-        self.process = process
-        self.public = public
-        self.internal = internal
-
-
-def wait_until_up(process: subprocess.Popen[str], *urls: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    for url in urls:
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"{url} did not come up"
-            time.sleep(0.1)
+TOKEN = "shutdown-token-0123456789abcdef"
 
 
 @pytest.fixture
-def running(database: Any, servers: ServerInfo, key_prefix: str) -> Iterator[Running]:
-    """``python -m servers.run`` with each API on its own role, in its own process."""
-    public_port, internal_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SECURECACHE_", "OTEL_"))}
-    env |= {
-        "SECURECACHE_REDIS_URL": servers.redis_url,
-        "SECURECACHE_KEY_PREFIX": key_prefix,
-        "SECURECACHE_API_TOKENS": TOKEN,
-        "SECURECACHE_DATABASE_URL": database.reader_url,
-        "PYTHONPATH": str(ROOT),
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "servers.run",
-            "--public-port",
-            str(public_port),
-            "--internal-port",
-            str(internal_port),
-            "--internal-database-url",
-            database.writer_url,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+def public(database: Any, servers: ServerInfo, key_prefix: str) -> Iterator[Launched]:
+    """``python -m servers public`` as the reader role."""
+    env = launch_environment(
+        SECURECACHE_DATABASE_URL=database.reader_url,
+        SECURECACHE_REDIS_URL=servers.redis_url,
+        SECURECACHE_KEY_PREFIX=key_prefix,
     )
-    try:
-        public, internal = f"http://127.0.0.1:{public_port}", f"http://127.0.0.1:{internal_port}"
-        wait_until_up(process, public, internal)
-        yield Running(process, public, internal)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
+    with launched("public", env) as running:
+        yield running
+
+
+@pytest.fixture
+def internal(database: Any, servers: ServerInfo, key_prefix: str) -> Iterator[Launched]:
+    """``python -m servers internal`` as the writer role, with a token."""
+    env = launch_environment(
+        SECURECACHE_DATABASE_URL=database.writer_url,
+        SECURECACHE_REDIS_URL=servers.redis_url,
+        SECURECACHE_KEY_PREFIX=key_prefix,
+        SECURECACHE_API_TOKENS=f"shutdown:write:{TOKEN}",
+    )
+    with launched("internal", env) as running:
+        yield running
 
 
 async def test_both_apis_serve_with_their_own_roles(
-    running: Running, make_securities: MakeSecurities
+    public: Launched, internal: Launched, make_securities: MakeSecurities
 ) -> None:
     """Over TCP, the internal API writes (writer role) and the public API reads it back."""
     (sid,) = make_securities(1)
     body = {"growth": 1, "value": 2, "quality": 3, "momentum": 4}
     async with httpx.AsyncClient(timeout=10) as http:
         put = await http.put(
-            f"{running.internal}/scores/{sid}",
+            f"{internal.url}/scores/{sid}",
             json=body,
             headers={"Authorization": f"Bearer {TOKEN}"},
         )
         assert put.status_code == 201
-        got = await http.get(f"{running.public}/securities/{sid}/score")
+        got = await http.get(f"{public.url}/securities/{sid}/score")
         assert got.json() == put.json()
         assert "server" not in got.headers
+        assert (await http.get(f"{public.url}/metrics")).status_code == 404
 
 
 async def test_sigterm_finishes_requests_in_flight_then_exits(
-    running: Running, make_securities: MakeSecurities, admin_conn: psycopg.Connection[Any]
+    internal: Launched, make_securities: MakeSecurities, admin_conn: psycopg.Connection[Any]
 ) -> None:
     """SIGTERM during an upload: that request still completes and commits; new connections
     are refused; the process closes its pools and exits 0."""
@@ -121,32 +84,68 @@ async def test_sigterm_finishes_requests_in_flight_then_exits(
     async with httpx.AsyncClient(timeout=30) as http:
         upload = asyncio.create_task(
             http.put(
-                f"{running.internal}/scores/{sid}",
+                f"{internal.url}/scores/{sid}",
                 content=slow_body(),
                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
             )
         )
         await asyncio.wait_for(body_sent.wait(), 10)
         await asyncio.sleep(0.2)
-        running.process.send_signal(signal.SIGTERM)
+        internal.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
         with pytest.raises(httpx.TransportError):
-            await http.get(f"{running.public}/healthz")
+            await http.get(f"{internal.url}/healthz")
         signalled.set()
         response = await upload
     assert response.status_code == 201
     assert response.headers["connection"] == "close"
-    try:
-        code = await asyncio.to_thread(running.process.wait, 45)
-    finally:
-        if running.process.poll() is None:
-            running.process.kill()
-        _, stderr = running.process.communicate()
-        print(stderr)  # shown only if the test fails
-    assert code == 0, stderr
-    assert "SIGTERM received" in stderr
-    assert "Traceback" not in stderr
+    code = await asyncio.to_thread(internal.stop)
+    print(internal.stderr)  # shown only if the test fails
+    assert code == 0, internal.stderr
+    assert "SIGTERM received" in internal.stderr
+    assert "Traceback" not in internal.stderr
     row = admin_conn.execute(
         "SELECT version FROM securecache.score WHERE security_id = %s", (sid,)
     ).fetchone()
     assert row == (1,)
+
+
+def run_launcher(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "servers", *args],
+        cwd=ROOT,
+        env=launch_environment(**variables),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_internal_api_without_tokens_exits_with_one_line(database: Any) -> None:
+    """No token configured: exit status 1 and one ``error:`` line naming the variable."""
+    result = run_launcher("internal", SECURECACHE_DATABASE_URL=database.writer_url)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    assert "SECURECACHE_API_TOKENS" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_metrics_port_exits_with_one_line(database: Any) -> None:
+    """A malformed SECURECACHE_METRICS_PORT is named, before anything is served."""
+    result = run_launcher(
+        "public",
+        SECURECACHE_DATABASE_URL=database.reader_url,
+        SECURECACHE_METRICS_PORT="ninety",
+    )
+    assert result.returncode == 1
+    assert "SECURECACHE_METRICS_PORT" in result.stderr.strip().splitlines()[-1]
+
+
+def test_the_launcher_names_its_apis() -> None:
+    """``python -m servers`` without an API says which there are (argparse's exit 2)."""
+    result = run_launcher()
+    assert result.returncode == 2
+    assert "public" in result.stderr
+    assert "internal" in result.stderr

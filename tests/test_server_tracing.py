@@ -14,19 +14,26 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 
+from launched import launch_environment, launched
 from securecache import Settings
 from securecache.ops.dev import ServerInfo
 from servers import internal_api, public_api
+from servers.settings import ServerSettings
 from servers.telemetry import INTERNAL_SERVICE_NAME, PUBLIC_SERVICE_NAME, tracing_from_env
 
 MakeSecurities = Callable[..., list[str]]
-TOKEN = "trace-token"
+TOKEN = "trace-token-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -73,8 +80,12 @@ async def internal(
     """The internal app, tracing to memory."""
     settings = Settings(
         database_url=database.writer_url, redis_url=servers.redis_url, key_prefix=key_prefix
-    ).with_changes(api_tokens=(TOKEN,))
-    app = internal_api.create_app(settings, tracer_provider=provider)
+    )
+    app = internal_api.create_app(
+        settings,
+        server=ServerSettings(api_tokens=(f"tracing:write:{TOKEN}",)),
+        tracer_provider=provider,
+    )
     async for http in started(app, Authorization=f"Bearer {TOKEN}"):
         yield http
 
@@ -101,7 +112,7 @@ def named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
 async def test_a_miss_traces_server_cache_and_database(
     public: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
 ) -> None:
-    """A cold GET: the library's get, its MGET and the SELECT all descend from the server
+    """A cold GET: the library's get, its Redis lookup and the SELECT all descend from the server
     span, which is named after the route, not the id."""
     (sid,) = make_securities(1)
     exporter.clear()
@@ -114,7 +125,7 @@ async def test_a_miss_traces_server_cache_and_database(
     assert server.parent is None
     (get,) = named(spans, "securecache securities.get")
     (select,) = named(spans, "SELECT securecache.security")
-    (mget,) = named(spans, "MGET")
+    (mget,) = named(spans, "EVALSHA lookup")
     for span in (get, select, mget):
         assert span.context.trace_id == server.context.trace_id
         assert ancestry(span, spans)[-1] == server.name
@@ -126,7 +137,7 @@ async def test_a_miss_traces_server_cache_and_database(
 async def test_a_hit_traces_no_database(
     public: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
 ) -> None:
-    """Once cached, the same GET is a server span over one MGET and no SQL."""
+    """Once cached, the same GET is a server span over one Redis lookup and no SQL."""
     (sid,) = make_securities(1, with_scores=True)
     await public.get(f"/securities/{sid}/score")
     exporter.clear()
@@ -134,7 +145,7 @@ async def test_a_hit_traces_no_database(
     spans = exporter.get_finished_spans()
     assert not [s for s in spans if s.name.startswith("SELECT")]
     (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
-    (mget,) = named(spans, "MGET")
+    (mget,) = named(spans, "EVALSHA lookup")
     assert ancestry(mget, spans)[-1] == server.name
 
 
@@ -273,8 +284,8 @@ def collector() -> Iterator[Collector]:
 
 
 def exporting_threads() -> set[threading.Thread]:
-    """The SDK's batch exporters' worker threads alive now."""
-    return {t for t in threading.enumerate() if t.name.startswith("OtelBatch")}
+    """The SDK's exporters' worker threads (spans in batches, metrics periodically) alive now."""
+    return {t for t in threading.enumerate() if t.name.startswith(("OtelBatch", "OtelPeriodic"))}
 
 
 @pytest.fixture
@@ -292,7 +303,8 @@ async def test_a_served_app_exports_from_startup_and_flushes_at_shutdown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No provider given: creating the app starts no exporter, the lifespan's startup starts
-    one, and its shutdown sends the request's spans to the collector and stops the thread."""
+    one for spans and one for metrics, and its shutdown sends the request's spans and the
+    measurements to the collector and stops both threads."""
     for name in list(os.environ):
         if name.startswith("OTEL_"):
             monkeypatch.delenv(name)
@@ -303,12 +315,83 @@ async def test_a_served_app_exports_from_startup_and_flushes_at_shutdown(
     app = public_api.create_app(reader_settings)
     assert exporting_threads() == before
     async for http in started(app):
-        assert len(exporting_threads() - before) == 1
+        assert len(exporting_threads() - before) == 2
         assert (await http.get(f"/securities/{sid}")).status_code == 200
         assert collector.received == []
     assert exporting_threads() == before
     paths = [path for path, _ in collector.received]
-    assert paths == ["/v1/traces"]
-    body = collector.received[0][1]
+    assert sorted(paths) == ["/v1/metrics", "/v1/traces"]
+    body = dict(collector.received)["/v1/traces"]
     assert b"GET /securities/{id}" in body
     assert PUBLIC_SERVICE_NAME.encode() in body
+
+
+# -- on the wire: a real server process exporting OTLP/HTTP to a receiver in this test ---------
+
+
+def received_spans(collector: Collector) -> list[Span]:
+    """Every span the collector received, decoded from OTLP/HTTP protobuf."""
+    spans: list[Span] = []
+    for path, body in collector.received:
+        if path == "/v1/traces":
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    spans.extend(scope.spans)
+    return spans
+
+
+def received_metric_names(collector: Collector) -> set[str]:
+    names: set[str] = set()
+    for path, body in collector.received:
+        if path == "/v1/metrics":
+            request = ExportMetricsServiceRequest.FromString(body)
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    names.update(m.name for m in scope.metrics)
+    return names
+
+
+def wire_ancestry(span: Span, spans: Sequence[Span]) -> list[str]:
+    """Names from ``span`` up to its root, following ``parent_span_id`` on the wire."""
+    by_id = {s.span_id: s for s in spans}
+    names = [span.name]
+    while span.parent_span_id:
+        span = by_id[span.parent_span_id]
+        names.append(span.name)
+    return names
+
+
+def test_a_served_request_reaches_the_collector_with_its_cache_and_database_spans(
+    collector: Collector,
+    database: Any,
+    servers: ServerInfo,
+    key_prefix: str,
+    make_securities: MakeSecurities,
+) -> None:
+    """``python -m servers public`` with OTEL_EXPORTER_OTLP_ENDPOINT set: a cold GET's server
+    span, its Redis lookup and its PostgreSQL SELECT arrive over OTLP/HTTP in one trace, the
+    client spans descending from the server span; the library's counters arrive too."""
+    (sid,) = make_securities(1)
+    env = launch_environment(
+        SECURECACHE_DATABASE_URL=database.reader_url,
+        SECURECACHE_REDIS_URL=servers.redis_url,
+        SECURECACHE_KEY_PREFIX=key_prefix,
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.url,
+    )
+    with launched("public", env) as running:
+        assert httpx.get(f"{running.url}/securities/{sid}", timeout=10).status_code == 200
+        assert running.stop() == 0, running.stderr  # shutting down flushes both exporters
+    assert f"spans exported to OTLP/HTTP at {collector.url}" in running.stderr
+    spans = received_spans(collector)
+    (server,) = [s for s in spans if s.name == "GET /securities/{id}"]
+    assert server.kind == Span.SpanKind.SPAN_KIND_SERVER
+    (mget,) = [s for s in spans if s.name == "EVALSHA lookup"]
+    (select,) = [s for s in spans if s.name == "SELECT securecache.security"]
+    for child in (mget, select):
+        assert child.trace_id == server.trace_id
+        assert child.kind == Span.SpanKind.SPAN_KIND_CLIENT
+        assert wire_ancestry(child, spans)[-1] == server.name
+    assert {"securecache.cache.misses", "securecache.db.queries"} <= received_metric_names(
+        collector
+    )

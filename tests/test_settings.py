@@ -32,7 +32,7 @@ EVERY_FIELD: dict[str, tuple[str, Any]] = {
     "SECURECACHE_TTL_JITTER": ("0.25", 0.25),
     "SECURECACHE_KEY_PREFIX": ("app-1", "app-1"),
     "SECURECACHE_LISTEN_CHANGES": ("on", True),
-    "SECURECACHE_LOCAL_CACHE_SIZE": ("0", 0),  # reserved: only 0 until the near cache exists
+    "SECURECACHE_LOCAL_CACHE_SIZE": ("1000", 1000),
     "SECURECACHE_LOCAL_CACHE_TTL_SECONDS": ("0.5", 0.5),
     "SECURECACHE_DB_POOL_MIN_SIZE": ("2", 2),
     "SECURECACHE_DB_POOL_MAX_SIZE": ("20", 20),
@@ -45,7 +45,6 @@ EVERY_FIELD: dict[str, tuple[str, Any]] = {
     "SECURECACHE_LEASE_WAIT_MS": ("50", 50),
     "SECURECACHE_AUDIT_SAMPLE_RATE": ("0.01", 0.01),
     "SECURECACHE_AUDIT_GRACE_SECONDS": ("2.5", 2.5),
-    "SECURECACHE_API_TOKENS": ("alpha, beta,\ngamma,,", ("alpha", "beta", "gamma")),
 }
 
 
@@ -75,7 +74,6 @@ def test_defaults_when_nothing_is_set() -> None:
     assert settings.key_prefix == "sc"
     assert settings.listen_changes is False
     assert settings.local_cache_size == 0
-    assert settings.api_tokens == ()
 
 
 def test_empty_variables_count_as_unset() -> None:
@@ -113,23 +111,17 @@ def test_false_spellings(raw: str) -> None:
     assert Settings.from_env(env).redis_cluster is False
 
 
-@pytest.mark.parametrize(
-    "field", ["database_url", "redis_url", "api_tokens"], ids=lambda f: f.upper()
-)
+@pytest.mark.parametrize("field", ["database_url", "redis_url"], ids=lambda f: f.upper())
 def test_secrets_come_from_files(tmp_path: Path, field: str) -> None:
     """<VAR>_FILE names a file (a mounted Secret) whose stripped content is the value."""
     values = {
         "database_url": "postgresql://writer:s3cret@db/app",
         "redis_url": "redis://svc:s3cret@cache:6379/0",
-        "api_tokens": "token-one\ntoken-two\n",
     }
     secret = tmp_path / "secret"
     secret.write_text(values[field] + "\n", encoding="utf-8")
     settings = Settings.from_env({_var(field) + "_FILE": str(secret)})
-    expected: object = values[field].strip()
-    if field == "api_tokens":
-        expected = ("token-one", "token-two")
-    assert getattr(settings, field) == expected
+    assert getattr(settings, field) == values[field].strip()
 
 
 def test_the_variable_wins_over_its_file(tmp_path: Path) -> None:
@@ -176,7 +168,6 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("SECURECACHE_TTL_JITTER", "1"),
     ("SECURECACHE_TTL_JITTER", "-0.1"),
     ("SECURECACHE_LOCAL_CACHE_SIZE", "-1"),
-    ("SECURECACHE_LOCAL_CACHE_SIZE", "1000"),  # not implemented: refused, not ignored
     ("SECURECACHE_DB_POOL_MIN_SIZE", "-1"),
     ("SECURECACHE_DB_POOL_MAX_SIZE", "0"),
     ("SECURECACHE_DB_TIMEOUT_SECONDS", "0"),
@@ -237,20 +228,16 @@ passwords = st.text(alphabet=string.ascii_letters + string.digits + "-_.~!$", mi
 )
 
 
-@given(passwords, passwords, passwords)
-def test_repr_hides_passwords_and_tokens(db_pw: str, redis_pw: str, token: str) -> None:
-    """No password of either URL and no API token appears in repr() or str() of Settings."""
-    # Passed through a mapping: attrs' converter=tuple leaves mypy unable to type api_tokens.
-    fields: dict[str, Any] = {
-        "database_url": f"postgresql://writer:{db_pw}@db.example:5432/app",
-        "redis_url": f"rediss://svc:{redis_pw}@cache.example:6380/0",
-        "api_tokens": (token,),
-    }
-    settings = Settings(**fields)
+@given(passwords, passwords)
+def test_repr_hides_passwords(db_pw: str, redis_pw: str) -> None:
+    """No password of either URL appears in repr() or str() of Settings."""
+    settings = Settings(
+        database_url=f"postgresql://writer:{db_pw}@db.example:5432/app",
+        redis_url=f"rediss://svc:{redis_pw}@cache.example:6380/0",
+    )
     for text in (repr(settings), str(settings)):
         assert db_pw not in text
         assert redis_pw not in text
-        assert token not in text
         assert "writer:***@db.example" in text
         assert "svc:***@cache.example" in text
 

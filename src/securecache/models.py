@@ -19,10 +19,6 @@ from securecache.errors import ValidationError
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 """Ids: 1 to 64 characters of ``[A-Za-z0-9._:-]``, starting with a letter or digit."""
 
-MAX_PAGE: Final = 500
-"""Most records in one page of a listing."""
-MAX_BATCH: Final = 500
-"""Most ids in one batch write, one HTTP batch read, and one Redis or SQL round trip."""
 SCORE_MIN: Final = 0.0
 SCORE_MAX: Final = 10.0
 SCORE_FIELDS: Final = ("growth", "value", "quality", "momentum")
@@ -30,6 +26,11 @@ CONTROL_CHARACTERS: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 """Unicode category Cc: refused in names, symbols and exchanges (here and in SQL)."""
 TEXT_MAX: Final = 256
 """Longest name, symbol or exchange accepted (keeps cache entries and pages bounded)."""
+MAX_PAGE: Final = 500
+"""Most securities one listing page holds (``limit`` runs from 1 to this)."""
+MAX_BATCH: Final = 500
+"""Most records one batch call reads or writes (bounds one query, one lookup, one
+transaction)."""
 
 
 def validate_id(value: object, field: str = "id") -> str:

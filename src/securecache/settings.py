@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -25,15 +25,8 @@ from securecache.keys import validate_prefix
 from securecache.redaction import redact_url
 
 ENV_PREFIX: Final = "SECURECACHE_"
-_SECRET_FIELDS: Final = ("database_url", "redis_url", "api_tokens")
+_SECRET_FIELDS: Final = ("database_url", "redis_url")
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
-
-
-def _tokens(value: Iterable[str]) -> tuple[str, ...]:
-    """Tokens as a tuple; a bare string would otherwise become one token per character."""
-    if isinstance(value, str):
-        raise ConfigurationError("api_tokens must be a sequence of tokens", field="api_tokens")
-    return tuple(value)
 
 
 def _redacted(url: str | None) -> str:
@@ -165,8 +158,6 @@ class Settings:
     audit_grace_seconds: float = attrs.field(default=5.0, validator=_positive)
     """How long an entry may trail its row (a write-through on its way) before it counts."""
     """How long a fill lease lasts (an upper bound on one PostgreSQL read)."""
-    api_tokens: tuple[str, ...] = attrs.field(default=(), repr=False, converter=_tokens)
-    """Bearer tokens accepted by the internal API."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -230,8 +221,6 @@ def _parse(field: attrs.Attribute[Any], raw: str) -> Any:
             return int(raw)
         if kind in ("float", float):
             return float(raw)
-        if field.name == "api_tokens":
-            return tuple(t.strip() for t in raw.replace("\n", ",").split(",") if t.strip())
     except ValueError as exc:
         raise ConfigurationError(
             f"{var}: cannot parse {raw!r} as {kind}", field=field.name

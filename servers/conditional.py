@@ -1,0 +1,108 @@
+"""Conditional requests (RFC 9110 section 13): entity tags, If-None-Match and If-Match.
+
+A record's entity tag is its row version (``"7"``), which changes with every write; a page's
+is a digest of the bytes sent. If-None-Match lets a client that holds the current copy get a
+304 without a body; If-Match lets a writer say which version it read, so a concurrent write
+is refused with 412 instead of lost.
+
+Each header is declared once as a parameter kind (:data:`IF_NONE_MATCH`, :data:`IF_MATCH`),
+which both parses it and documents it:
+
+- If-None-Match is free text: a value that is not an entity-tag list is no condition, and the
+  representation is sent in full (a cache's mistake must not break a read).
+- If-Match follows the grammar ``"*" / #entity-tag`` exactly, and the document carries that
+  grammar as its pattern. A value outside it is a 422. An empty list (``""``, ``" , "``) is
+  well-formed and matches no version, so the write is refused with 412, as RFC 9110 13.1.1
+  asks: a client that meant to send a condition never gets an unconditional write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+import attrs
+from starlette.responses import Response
+
+from servers.params import JSON, Kind, text
+from servers.schemas import anchored
+
+_ETAGC: Final = r"[\x21\x23-\x7e\x80-\xff]"
+ENTITY_TAG: Final = re.compile(rf'(?:W/)?"{_ETAGC}*"')
+"""One entity tag; it may contain commas, so a list is not split on them."""
+_OWS: Final = r"[ \t]*"
+_LIST: Final = rf"[ \t,]*(?:{ENTITY_TAG.pattern}(?:{_OWS},[ \t,]*{ENTITY_TAG.pattern})*)?[ \t,]*"
+IF_MATCH_GRAMMAR: Final = re.compile(rf"{_OWS}(?:\*|{_LIST}){_OWS}")
+"""``"*"`` or a comma-separated list of entity tags, empty elements allowed (RFC 9110 5.6.1)."""
+_VERSION_TAG: Final = re.compile(r'"([1-9][0-9]{0,17})"')
+
+
+def entity_tags(value: str) -> tuple[str, ...] | None:
+    """The entity tags of an If-Match or If-None-Match value, ``("*",)`` for any, or None
+    when it is not a valid list."""
+    if IF_MATCH_GRAMMAR.fullmatch(value) is None:
+        return None
+    if value.strip(" \t") == "*":
+        return ("*",)
+    # The grammar holds, so every tag starts at a quote (or W/) outside another tag.
+    return tuple(m.group() for m in ENTITY_TAG.finditer(value))
+
+
+def version_etag(version: int) -> str:
+    """A record's strong entity tag: its row version, which changes with every write."""
+    return f'"{version}"'
+
+
+def body_etag(body: bytes) -> str:
+    """A page's entity tag: a digest of exactly what was sent."""
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def none_match(header: str | None, etag: str) -> bool:
+    """If-None-Match by weak comparison (RFC 9110 13.1.2): does the client hold this one?"""
+    tags = None if header is None else entity_tags(header)
+    if tags is None:
+        return False  # no condition, or one we cannot read: answer in full
+    return "*" in tags or etag in {t.removeprefix("W/") for t in tags}
+
+
+def representation(
+    if_none_match: str | None, body: bytes, etag: str, cache_control: str
+) -> Response:
+    """200 with the body, or 304 when If-None-Match already names it; both carry the tags."""
+    headers = {"ETag": etag, "Cache-Control": cache_control}
+    if none_match(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=JSON, headers=headers)
+
+
+@attrs.frozen
+class IfMatch:
+    """What If-Match allows: any existing version (``*``), or one of some versions.
+
+    Our tags are versions (``"7"``), compared strongly (RFC 9110 13.1.1): a weak tag or any
+    other tag can never match, so it only makes the write fail with 412.
+    """
+
+    any_version: bool
+    versions: frozenset[int]
+
+    def allows(self, version: int) -> bool:
+        return self.any_version or version in self.versions
+
+
+def _if_match(value: str, name: str) -> IfMatch:
+    tags = entity_tags(value)
+    if tags is None:
+        raise ValueError(f'{name} must be "*" or entity tags, as ETag sent them')
+    matches = (_VERSION_TAG.fullmatch(t) for t in tags)
+    versions = frozenset(int(m.group(1)) for m in matches if m is not None)
+    return IfMatch(any_version="*" in tags, versions=versions)
+
+
+IF_NONE_MATCH: Final = text()
+"""Any text: an unreadable condition is no condition."""
+IF_MATCH: Final = Kind(
+    schema={"type": "string", "pattern": anchored(IF_MATCH_GRAMMAR)}, parse=_if_match
+)
