@@ -44,14 +44,15 @@ APIS: Final = {
 }
 
 
-def build(api: str, host: str) -> Starlette:
-    """The app ``python -m servers <api>`` serves, its settings read (and checked) now."""
+def build(api: str, host: str) -> tuple[Starlette, ServerSettings]:
+    """The app ``python -m servers <api>`` serves and the server's own settings, read (and
+    checked) now."""
     launchable = APIS[api]
     settings: Settings = library_settings_from_env()
     server = ServerSettings.from_env(
         default_metrics_port=launchable.metrics_port, metrics_host=host
     )
-    return launchable.create_app(settings, server=server)
+    return launchable.create_app(settings, server=server), server
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     port = args.port if args.port is not None else APIS[args.api].port
     configure_logging()
     try:
-        app = build(args.api, args.host)
-        asyncio.run(serve_apps([(app, args.host, port)]))
+        app, server = build(args.api, args.host)
+        asyncio.run(serve_apps([(app, args.host, port)], server.http_limits))
     except (StartupError, SecureCacheError) as exc:
         sys.exit(f"error: {exc}")

@@ -21,6 +21,8 @@ from typing import Final
 import uvicorn
 from starlette.applications import Starlette
 
+from servers.http_limits import BoundedHttpToolsProtocol, HttpLimits
+
 GRACE_SECONDS: Final = 25.0
 """Longest wait for requests in flight: under Kubernetes' default 30 s termination grace."""
 
@@ -39,7 +41,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+def _config(app: Starlette, host: str, port: int, limits: HttpLimits) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -48,6 +50,8 @@ def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
         timeout_graceful_shutdown=int(GRACE_SECONDS),
         server_header=False,
         log_config=None,
+        http=BoundedHttpToolsProtocol.with_limits(limits),
+        ws="none",  # an upgrade request is an ordinary request: the app answers a problem
     )
 
 
@@ -56,13 +60,16 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def serve_apps(apps: Sequence[tuple[Starlette, str, int]]) -> None:
+async def serve_apps(
+    apps: Sequence[tuple[Starlette, str, int]], limits: HttpLimits | None = None
+) -> None:
     """Serve each ``(app, host, port)`` on this loop until SIGINT/SIGTERM, then drain them all.
 
     Signal handlers are installed only in the main thread; elsewhere (tests, embedding) stop
     the servers by cancelling this coroutine, which still drains them.
     """
-    servers = [_Server(_config(app, host, port)) for app, host, port in apps]
+    limits = limits or HttpLimits()
+    servers = [_Server(_config(app, host, port, limits)) for app, host, port in apps]
 
     def stop(sig: signal.Signals) -> None:
         log.info("%s received: finishing requests in flight, then stopping", sig.name)

@@ -10,6 +10,9 @@ an HTTP server needs lives here:
   secret is at least 22 characters (128 bits from ``secrets.token_urlsafe(16)``; use
   ``python -c "import secrets; print(secrets.token_urlsafe(32))"``). The file is read only
   when the variable itself is empty.
+- ``SECURECACHE_MAX_HEADER_BYTES`` (16384) and ``SECURECACHE_HEADER_TIMEOUT_SECONDS`` (10):
+  how large the request line and headers may be (431 beyond) and how long a client has to
+  send them (the connection is closed after), see :mod:`servers.http_limits`.
 - ``SECURECACHE_METRICS_PORT``: the port of the Prometheus ``/metrics`` endpoint, on the
   API's host but never on the API's port; 0 turns it off. Unset, it is off for an app built
   in process, and the launcher's default for ``python -m servers`` (9464 for the public
@@ -29,9 +32,12 @@ import attrs
 
 from securecache import ConfigurationError, Settings
 from securecache.settings import read_secret
+from servers.http_limits import HEADER_TIMEOUT_SECONDS, MAX_HEADER_BYTES, HttpLimits
 
 API_TOKENS_VAR: Final = "SECURECACHE_API_TOKENS"
 METRICS_PORT_VAR: Final = "SECURECACHE_METRICS_PORT"
+MAX_HEADER_BYTES_VAR: Final = "SECURECACHE_MAX_HEADER_BYTES"
+HEADER_TIMEOUT_VAR: Final = "SECURECACHE_HEADER_TIMEOUT_SECONDS"
 LISTEN_CHANGES_VAR: Final = "SECURECACHE_LISTEN_CHANGES"
 _MAX_PORT: Final = 65535
 
@@ -55,7 +61,8 @@ class ApiToken:
         """``name:scope:secret``; the error names the entry by its name, never its secret."""
         name, _, rest = entry.strip().partition(":")
         scope, _, secret = rest.partition(":")
-        if TOKEN_NAME.fullmatch(name) is None:
+        if entry.count(":") < 2 or TOKEN_NAME.fullmatch(name) is None:
+            # Nothing of the entry is quoted: an old-style token would be all secret.
             raise ConfigurationError(
                 "each API token is name:scope:secret, the name 1-64 characters of [A-Za-z0-9._-]",
                 field="api_tokens",
@@ -89,6 +96,13 @@ def _tokens(value: Iterable[str | ApiToken]) -> tuple[ApiToken, ...]:
     return tokens
 
 
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not value > 0:
+        raise ConfigurationError(
+            f"{attribute.name} must be > 0, got {value!r}", field=attribute.name
+        )
+
+
 def _port(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not 0 <= value <= _MAX_PORT:
         raise ConfigurationError(
@@ -107,6 +121,14 @@ class ServerSettings:
     """Port of the Prometheus endpoint; 0 is off."""
     metrics_host: str = "127.0.0.1"
     """Address the Prometheus endpoint listens on (the launcher uses the API's ``--host``)."""
+    max_header_bytes: int = attrs.field(default=MAX_HEADER_BYTES, validator=_positive)
+    """Largest request line plus headers accepted (431 beyond)."""
+    header_timeout_seconds: float = attrs.field(default=HEADER_TIMEOUT_SECONDS, validator=_positive)
+    """Time a client has to send its headers before the connection is closed (slowloris)."""
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(self.max_header_bytes, self.header_timeout_seconds)
 
     @classmethod
     def from_env(
@@ -127,10 +149,23 @@ class ServerSettings:
                 f"{METRICS_PORT_VAR}: {raw_port!r} is not a port from 0 (off) to {_MAX_PORT}",
                 field="metrics_port",
             ) from None
+        limits: dict[str, Any] = {}
+        for var, field, kind in (
+            (MAX_HEADER_BYTES_VAR, "max_header_bytes", int),
+            (HEADER_TIMEOUT_VAR, "header_timeout_seconds", float),
+        ):
+            if raw := env.get(var, "").strip():
+                try:
+                    limits[field] = kind(raw)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"{var}: {raw!r} is not a positive number", field=field
+                    ) from None
         return cls(
             api_tokens=_split_tokens(read_secret(API_TOKENS_VAR, env) or ""),
             metrics_port=port,
             metrics_host=metrics_host,
+            **limits,
         )
 
 
