@@ -54,6 +54,7 @@ from fix_servers import MakeSecurities
 from securecache import ScoreUpdate, SecureCache, Settings, codec
 from securecache.keys import KeyScheme, Kind
 from securecache.ops.redis_admin import load_scripts
+from servers import settings as server_settings
 
 KUSTOMIZATIONS: Final = ("base", "overlays/local", "overlays/eks")
 OVERLAYS: Final = ("overlays/local", "overlays/eks")
@@ -70,18 +71,18 @@ IMAGE: Final = "securecache"
 PROJECT_VERSION: Final = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
     "project"
 ]["version"]
-NEEDS_LAUNCHER: Final = pytest.mark.xfail(
-    strict=True, reason="needs servers launcher from issue 7 (python -m servers in the wheel)"
-)
 ENTRY_POINTS: Final = {
     ("securecache",): (),
     ("securecache", "migrate"): (),
-    ("python", "-m", "servers", "public"): (NEEDS_LAUNCHER,),
-    ("python", "-m", "servers", "internal"): (NEEDS_LAUNCHER,),
+    ("python", "-m", "servers", "public"): (),
+    ("python", "-m", "servers", "internal"): (),
 }
 """Every command the Dockerfile and the manifests run (a test keeps this list complete)."""
 EXTRA_VARIABLES: Final = {
-    "SECURECACHE_METRICS_PORT",
+    server_settings.API_TOKENS_VAR,
+    server_settings.METRICS_PORT_VAR,
+    server_settings.MAX_HEADER_BYTES_VAR,
+    server_settings.HEADER_TIMEOUT_VAR,
     "SECURECACHE_WRITER_PASSWORD",
     "SECURECACHE_READER_PASSWORD",
 }
