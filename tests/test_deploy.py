@@ -76,6 +76,7 @@ NEEDS_LAUNCHER: Final = pytest.mark.xfail(
 ENTRY_POINTS: Final = {
     ("securecache",): (),
     ("securecache", "migrate"): (),
+    ("securecache", "redis-scripts"): (),
     ("python", "-m", "servers", "public"): (NEEDS_LAUNCHER,),
     ("python", "-m", "servers", "internal"): (NEEDS_LAUNCHER,),
 }
@@ -515,7 +516,7 @@ def test_eks_talks_to_managed_stores_over_tls(rendered: dict[str, list[Manifest]
         for key, value in external["spec"]["target"].get("template", {}).get("data", {}).items()
         if key.endswith("-url")
     ]
-    assert len(urls) == 5
+    assert len(urls) == 6
     for url in urls:
         scheme = urlsplit(url).scheme
         assert scheme in {"rediss", "postgresql"}, url
@@ -611,6 +612,20 @@ def test_local_secrets_agree_with_each_other(rendered: dict[str, list[Manifest]]
         assert f"user {cache.username} " in acl
         assert f" >{unquote(cache.password or '')} " in acl
         assert deploy_acl.API_USERS[cache.username] == unquote(cache.password or "")
+    # The scripts are loaded as the operator's user, on the Redis the APIs use.
+    loader = urlsplit(migrate["redis-url"])
+    assert (loader.username, unquote(loader.password or "")) == (
+        deploy_acl.OPS_USER,
+        deploy_acl.OPS_PASSWORD,
+    )
+    assert deploy_acl.ops_line() + "\n" in acl
+    for api in ("securecache-public-api", "securecache-internal-api"):
+        cache = urlsplit(secrets[api]["redis-url"])
+        assert (loader.scheme, loader.netloc.rpartition("@")[2], loader.path) == (
+            cache.scheme,
+            cache.netloc.rpartition("@")[2],
+            cache.path,
+        )
     (config,) = _of_kind(rendered["overlays/local"], "ConfigMap")
     assert config["data"]["SECURECACHE_KEY_PREFIX"] == deploy_acl.KEY_PREFIX
 
