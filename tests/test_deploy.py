@@ -56,6 +56,7 @@ from deploy_k8s import (
 from fix_servers import MakeSecurities
 from securecache import ScoreUpdate, SecureCache, Settings, codec
 from securecache.keys import KeyScheme, Kind
+from securecache.ops.migrations import DEFAULT_CONNECTION_LIMIT
 from securecache.ops.redis_admin import load_scripts
 
 KUSTOMIZATIONS: Final = ("base", "overlays/local", "overlays/eks")
@@ -327,6 +328,62 @@ def test_every_object_lands_in_a_restricted_namespace(
     for obj in objects:
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace") in namespaces, name_of(obj)
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in a command line, else None."""
+    for index, token in enumerate(argv):
+        if token == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(f"{name}="):
+            return token.partition("=")[2]
+    return None
+
+
+def _pod_settings(objects: list[Manifest], container: Manifest) -> dict[str, str]:
+    """The variables a container gets from its ConfigMaps (envFrom) and its own env."""
+    configs = {config["metadata"]["name"]: config for config in _of_kind(objects, "ConfigMap")}
+    values: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            values.update(configs[source["configMapRef"]["name"]].get("data", {}))
+    values.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
+    return values
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_connection_limit_fits_the_apis_at_their_largest(
+    kustomization: str, rendered: dict[str, list[Manifest]]
+) -> None:
+    """migrate's per-role connection limit (enforced: the roles cannot raise it) holds each
+    API at its HPA maximum plus the rollout surge, every pod with a full pool and a listener."""
+    objects = rendered[kustomization]
+    (migrate,) = [
+        [*container.get("command", []), *container.get("args", [])]
+        for obj, spec in workloads(objects)
+        for container in containers(spec)
+        if _is_ours(container["image"])
+        and _entry_point([*container.get("command", []), *container.get("args", [])])
+        == ("securecache", "migrate")
+    ]
+    limit = int(_option(migrate, "--connection-limit") or DEFAULT_CONNECTION_LIMIT)
+    scalers = {
+        scaler["spec"]["scaleTargetRef"]["name"]: scaler["spec"]["maxReplicas"]
+        for scaler in _of_kind(objects, "HorizontalPodAutoscaler")
+    }
+    defaults = Settings()
+    apis = [obj for obj in _of_kind(objects, "Deployment") if obj["metadata"]["name"] in scalers]
+    assert len(apis) == 2
+    for api in apis:
+        (container,) = api["spec"]["template"]["spec"]["containers"]
+        values = _pod_settings(objects, container)
+        pool = int(values.get("SECURECACHE_DB_POOL_MAX_SIZE", defaults.db_pool_max_size))
+        listens = values.get("SECURECACHE_LISTEN_CHANGES", "false").lower() in {"1", "true"}
+        surge = api["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        assert isinstance(surge, int), "count the surge in pods"
+        pods = scalers[api["metadata"]["name"]] + surge
+        need = pods * (pool + int(listens))
+        assert need <= limit, f"{name_of(api)}: {need} connections at most, limit {limit}"
 
 
 # -- pod security -------------------------------------------------------------------------
