@@ -811,6 +811,49 @@ def test_operations_doc_lists_every_variable(rendered: dict[str, list[Manifest]]
     assert not missing, f"docs/operations.md does not name {missing}"
 
 
+def _instrument_names() -> set[str]:
+    """The names of the library's OpenTelemetry instruments."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from securecache.telemetry import Telemetry
+
+    provider = MeterProvider()
+    try:
+        telemetry = Telemetry(meter_provider=provider)
+        return {
+            name for value in vars(telemetry).values() if (name := getattr(value, "name", None))
+        }
+    finally:
+        provider.shutdown()
+
+
+def _redis_span_names() -> set[str]:
+    """The names of the library's Redis spans: the operations ``RedisCache._call`` is given."""
+    source = (ROOT / "src" / "securecache" / "cache.py").read_text(encoding="utf-8")
+    names = set(re.findall(r'_call\(\s*"([^"]+)"', source))
+    for chosen in re.findall(r'operation = ("[^"]+"(?: if [^\n]+ else "[^"]+")?)', source):
+        names |= set(re.findall(r'"([^"]+)"', chosen))
+    return names
+
+
+def test_operations_doc_names_every_metric_and_redis_span() -> None:
+    """docs/operations.md names every instrument and Redis span, and no Redis span that the
+    library no longer makes (such as a plain MGET or EVALSHA)."""
+    doc = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    instruments = _instrument_names()
+    spans = _redis_span_names()
+    assert {"securecache.cache.hits", "securecache.audit.inconsistent"} <= instruments
+    assert {"EVALSHA lookup", "PING"} <= spans
+    missing = sorted(name for name in instruments | spans if f"`{name}`" not in doc)
+    assert not missing, f"docs/operations.md does not name {missing}"
+    section = doc[doc.index("## Spans") :]
+    section = section[: section.index("\n## ", 1)]
+    named = set(
+        re.findall(r"`((?:MGET|GET|SET|DEL|PING|EVALSHA|EVAL|UNLINK)(?: [a-zA-Z]+)?)`", section)
+    )
+    assert named <= spans, f"the Spans section names {sorted(named - spans)}"
+
+
 def _local_secrets(rendered: dict[str, list[Manifest]]) -> dict[str, dict[str, str]]:
     """The local overlay's Secrets by name without the generated suffix, values decoded."""
     secrets: dict[str, dict[str, str]] = {}
