@@ -56,6 +56,7 @@ from deploy_k8s import (
 from fix_servers import MakeSecurities
 from securecache import ScoreUpdate, SecureCache, Settings, codec
 from securecache.keys import KeyScheme, Kind
+from securecache.ops.acl import CLUSTER_COMMANDS, setuser_rules
 from securecache.ops.migrations import DEFAULT_CONNECTION_LIMIT
 from securecache.ops.redis_admin import load_scripts
 
@@ -852,6 +853,43 @@ def test_operations_doc_names_every_metric_and_redis_span() -> None:
         re.findall(r"`((?:MGET|GET|SET|DEL|PING|EVALSHA|EVAL|UNLINK)(?: [a-zA-Z]+)?)`", section)
     )
     assert named <= spans, f"the Spans section names {sorted(named - spans)}"
+
+
+def _elasticache_access(rules: list[str]) -> str:
+    """An ACL SETUSER rule list as an ElastiCache access string: no reset, no password."""
+    return " ".join(rule for rule in rules if rule != "reset" and not rule.startswith(">"))
+
+
+def test_eks_guide_makes_the_access_strings_from_the_library(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """docs/deploy-eks.md's snippet imports securecache.ops.acl and prints what the library's
+    rules say; the ops user's string is the local aclfile's; every secret has a row."""
+    doc = (ROOT / "docs" / "deploy-eks.md").read_text(encoding="utf-8")
+    assert "securecache.acl " not in doc
+    assert "securecache.acl." not in doc
+    (snippet,) = re.findall(r"python - <<'EOF'\n(.*?)\nEOF\n", doc, re.DOTALL)
+    assert "from securecache.ops.acl import setuser_rules" in snippet
+    result = run([sys.executable, "-"], input=snippet, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    assert printed == _elasticache_access(setuser_rules("unused", deploy_acl.KEY_PREFIX))
+    (shown,) = re.findall(r'^echo "\$api_access"\n# (.*)$', doc, re.MULTILINE)
+    assert re.sub(r"\+evalsha\|[0-9a-f]{40}", "+evalsha|<digest>", printed) == shown
+    (ops_access,) = re.findall(r'access="(on [^"]+)"', doc)
+    assert ops_access == _elasticache_access(deploy_acl.ops_rules())
+    (users,) = re.findall(r"^for user in ([^;]+); do$", doc, re.MULTILINE)
+    assert set(users.split()) == {*deploy_acl.API_USERS, deploy_acl.OPS_USER}
+    listed = re.search(r"`securecache\.ops\.acl\.CLUSTER_COMMANDS`: `([^`]+)`", doc)
+    assert listed is not None
+    assert listed.group(1).split() == [f"+{command}" for command in CLUSTER_COMMANDS]
+    remote = {
+        ref["remoteRef"]["key"]
+        for external in _of_kind(rendered["overlays/eks"], "ExternalSecret")
+        for ref in external["spec"]["data"]
+    }
+    missing = sorted(key for key in remote if f"| `{key}` |" not in doc)
+    assert not missing, f"docs/deploy-eks.md's secrets table lacks {missing}"
 
 
 def _local_secrets(rendered: dict[str, list[Manifest]]) -> dict[str, dict[str, str]]:
