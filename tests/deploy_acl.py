@@ -59,11 +59,18 @@ def library_acl_file_line() -> AclFileLine:
     raise ImportError(f"no ACL rules module among {', '.join(RULE_MODULES)}")
 
 
-def ops_line() -> str:
-    """The operator's user: the prefix's keys only, and only inspection and UNLINK."""
-    grants = " ".join(f"+{command}" for command in OPS_COMMANDS)
+def ops_rules(password: str = OPS_PASSWORD) -> list[str]:
+    """The operator's rules after ``ACL SETUSER securecache-ops``, shaped as the library's
+    ``setuser_rules``: the prefix's keys only, inspection, UNLINK and SCRIPT LOAD
+    (docs/deploy-eks.md gives the ElastiCache user the same, checked by tests/test_deploy.py)."""
     pattern = KeyScheme(KEY_PREFIX).pattern
-    return f"user {OPS_USER} reset on >{OPS_PASSWORD} ~{pattern} resetchannels -@all {grants}"
+    grants = [f"+{command}" for command in OPS_COMMANDS]
+    return ["reset", "on", f">{password}", f"~{pattern}", "resetchannels", "-@all", *grants]
+
+
+def ops_line() -> str:
+    """The operator's user, as a line of the aclfile."""
+    return " ".join(["user", OPS_USER, *ops_rules()])
 
 
 def render() -> str:

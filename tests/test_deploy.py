@@ -2,9 +2,11 @@
 
 Every kustomization renders and validates against the Kubernetes schemas; every pod runs the
 restricted profile; the network denies by default; the internal API stays inside the cluster;
-the local overlay's secrets agree with each other; the Redis ACL file comes from the library's
-rules and a real redis-server enforces it; the commands that the Dockerfile and the manifests
-name run from an installed wheel; the workflow passes its schema and zizmor.
+the local overlay's secrets agree with each other and every secret file a pod reads exists;
+the Redis ACL file comes from the library's rules and a real redis-server enforces it; the
+library's scripts are loaded by the migration Job and a CronJob, whose command, run as its
+manifest says, heals a Redis that lost them; the commands that the Dockerfile and the
+manifests name run from an installed wheel; the workflow passes its schema and zizmor.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 import tomllib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -53,6 +56,8 @@ from deploy_k8s import (
 from fix_servers import MakeSecurities
 from securecache import ScoreUpdate, SecureCache, Settings, codec
 from securecache.keys import KeyScheme, Kind
+from securecache.ops.acl import CLUSTER_COMMANDS, setuser_rules
+from securecache.ops.migrations import DEFAULT_CONNECTION_LIMIT
 from securecache.ops.redis_admin import load_scripts
 from servers import settings as server_settings
 
@@ -74,6 +79,7 @@ PROJECT_VERSION: Final = tomllib.loads((ROOT / "pyproject.toml").read_text(encod
 ENTRY_POINTS: Final = {
     ("securecache",): (),
     ("securecache", "migrate"): (),
+    ("securecache", "redis-scripts"): (),
     ("python", "-m", "servers", "public"): (),
     ("python", "-m", "servers", "internal"): (),
 }
@@ -226,6 +232,91 @@ def test_every_reference_resolves(overlay: str, rendered: dict[str, list[Manifes
     assert not problems, "\n".join(problems)
 
 
+EVERY_KEY: Final = "*"
+"""Stands for all the keys of a Secret whose keys the rendering does not show (base)."""
+
+
+def _secret_keys(objects: list[Manifest]) -> dict[str, set[str]]:
+    """The keys of every Secret the rendering holds or has made (an ExternalSecret's target)."""
+    keys = {
+        secret["metadata"]["name"]: set(secret.get("data", {})) | set(secret.get("stringData", {}))
+        for secret in _of_kind(objects, "Secret")
+    }
+    for external in _of_kind(objects, "ExternalSecret"):
+        spec = external["spec"]
+        template = spec["target"].get("template", {}).get("data")
+        keys[spec["target"]["name"]] = (
+            set(template) if template is not None else {d["secretKey"] for d in spec["data"]}
+        )
+    return keys
+
+
+def _secret_mounts(spec: Manifest, container: Manifest) -> Iterator[tuple[Manifest, Manifest]]:
+    """``(volume mount, secret volume source)`` of each Secret a container mounts."""
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        source = volumes.get(mount["name"], {}).get("secret")
+        if source is not None:
+            yield mount, source
+
+
+def _file_source(spec: Manifest, container: Manifest, path: str) -> tuple[str, str] | None:
+    """``(Secret, key)`` that a container finds at ``path``, or None if no Secret is there."""
+    for mount, source in _secret_mounts(spec, container):
+        directory = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(directory) or "subPath" in mount:
+            continue
+        relative = path.removeprefix(directory)
+        items = source.get("items")
+        if items is None:
+            return source["secretName"], relative
+        for item in items:
+            if item["path"] == relative:
+                return source["secretName"], item["key"]
+    return None
+
+
+def _projected_keys(
+    spec: Manifest, container: Manifest, secret_keys: dict[str, set[str]]
+) -> set[str]:
+    """Every Secret key that a container can read as a file."""
+    keys: set[str] = set()
+    for _, source in _secret_mounts(spec, container):
+        items = source.get("items")
+        if items is None:
+            keys |= secret_keys.get(source["secretName"], {EVERY_KEY})
+        else:
+            keys |= {item["key"] for item in items}
+    return keys
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secret_files_the_pods_read_exist(
+    overlay: str, rendered: dict[str, list[Manifest]]
+) -> None:
+    """Each ``*_FILE`` variable names a mounted key its Secret has; each item's key exists."""
+    objects = rendered[overlay]
+    secret_keys = _secret_keys(objects)
+    problems: list[str] = []
+    for obj, spec in workloads(objects):
+        for volume in spec.get("volumes", []):
+            source = volume.get("secret")
+            for item in (source or {}).get("items", []):
+                if item["key"] not in secret_keys.get(source["secretName"], set()):
+                    problems.append(f"{name_of(obj)}: {source['secretName']} has no {item['key']}")
+        for container in containers(spec):
+            for variable in container.get("env", []):
+                if not variable["name"].endswith("_FILE"):
+                    continue
+                where = f"{name_of(obj)} container {container['name']} {variable['name']}"
+                found = _file_source(spec, container, variable["value"])
+                if found is None:
+                    problems.append(f"{where}: no Secret mounted at {variable['value']}")
+                elif found[1] not in secret_keys.get(found[0], set()):
+                    problems.append(f"{where}: Secret {found[0]} has no key {found[1]}")
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_every_object_lands_in_a_restricted_namespace(
     kustomization: str, rendered: dict[str, list[Manifest]]
@@ -239,6 +330,62 @@ def test_every_object_lands_in_a_restricted_namespace(
     for obj in objects:
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace") in namespaces, name_of(obj)
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in a command line, else None."""
+    for index, token in enumerate(argv):
+        if token == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(f"{name}="):
+            return token.partition("=")[2]
+    return None
+
+
+def _pod_settings(objects: list[Manifest], container: Manifest) -> dict[str, str]:
+    """The variables a container gets from its ConfigMaps (envFrom) and its own env."""
+    configs = {config["metadata"]["name"]: config for config in _of_kind(objects, "ConfigMap")}
+    values: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            values.update(configs[source["configMapRef"]["name"]].get("data", {}))
+    values.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
+    return values
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_connection_limit_fits_the_apis_at_their_largest(
+    kustomization: str, rendered: dict[str, list[Manifest]]
+) -> None:
+    """migrate's per-role connection limit (enforced: the roles cannot raise it) holds each
+    API at its HPA maximum plus the rollout surge, every pod with a full pool and a listener."""
+    objects = rendered[kustomization]
+    (migrate,) = [
+        [*container.get("command", []), *container.get("args", [])]
+        for obj, spec in workloads(objects)
+        for container in containers(spec)
+        if _is_ours(container["image"])
+        and _entry_point([*container.get("command", []), *container.get("args", [])])
+        == ("securecache", "migrate")
+    ]
+    limit = int(_option(migrate, "--connection-limit") or DEFAULT_CONNECTION_LIMIT)
+    scalers = {
+        scaler["spec"]["scaleTargetRef"]["name"]: scaler["spec"]["maxReplicas"]
+        for scaler in _of_kind(objects, "HorizontalPodAutoscaler")
+    }
+    defaults = Settings()
+    apis = [obj for obj in _of_kind(objects, "Deployment") if obj["metadata"]["name"] in scalers]
+    assert len(apis) == 2
+    for api in apis:
+        (container,) = api["spec"]["template"]["spec"]["containers"]
+        values = _pod_settings(objects, container)
+        pool = int(values.get("SECURECACHE_DB_POOL_MAX_SIZE", defaults.db_pool_max_size))
+        listens = values.get("SECURECACHE_LISTEN_CHANGES", "false").lower() in {"1", "true"}
+        surge = api["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        assert isinstance(surge, int), "count the surge in pods"
+        pods = scalers[api["metadata"]["name"]] + surge
+        need = pods * (pool + int(listens))
+        assert need <= limit, f"{name_of(api)}: {need} connections at most, limit {limit}"
 
 
 # -- pod security -------------------------------------------------------------------------
@@ -516,13 +663,110 @@ def test_eks_talks_to_managed_stores_over_tls(rendered: dict[str, list[Manifest]
         for key, value in external["spec"]["target"].get("template", {}).get("data", {}).items()
         if key.endswith("-url")
     ]
-    assert len(urls) == 5
+    assert len(urls) == 6
     for url in urls:
         scheme = urlsplit(url).scheme
         assert scheme in {"rediss", "postgresql"}, url
         if scheme == "postgresql":
             assert "sslmode=verify-full" in url, url
             assert "sslrootcert=" in url, url
+
+
+def _script_loaders(
+    objects: list[Manifest],
+) -> list[tuple[Manifest, Manifest, Manifest]]:
+    """``(workload, pod spec, container)`` of every container that runs ``securecache
+    redis-scripts``."""
+    return [
+        (obj, spec, container)
+        for obj, spec in workloads(objects)
+        for container in containers(spec)
+        if _is_ours(container["image"])
+        and _entry_point([*container.get("command", []), *container.get("args", [])])
+        == ("securecache", "redis-scripts")
+    ]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_scripts_are_loaded_at_release_and_on_a_schedule(
+    kustomization: str, rendered: dict[str, list[Manifest]]
+) -> None:
+    """The migration Job and a CronJob (never two runs at once) run ``securecache
+    redis-scripts`` with the operator's URL, and see no other secret; migrate never sees it."""
+    objects = rendered[kustomization]
+    secret_keys = _secret_keys(objects)
+    loaders = _script_loaders(objects)
+    assert sorted((obj["kind"], obj["metadata"]["name"]) for obj, _, _ in loaders) == [
+        ("CronJob", "securecache-redis-scripts"),
+        ("Job", "securecache-migrate"),
+    ]
+    for obj, spec, container in loaders:
+        where = f"{name_of(obj)} container {container['name']}"
+        if obj["kind"] == "CronJob":
+            assert obj["spec"]["concurrencyPolicy"] == "Forbid", where
+            assert obj["spec"].get("suspend") is not True, where
+        env = {variable["name"]: variable.get("value") for variable in container["env"]}
+        source = _file_source(spec, container, env["SECURECACHE_REDIS_URL_FILE"])
+        assert source is not None, where
+        secret, key = source
+        # The local overlay's generated Secrets carry a hash suffix.
+        assert re.fullmatch(r"securecache-migrate(-[a-z0-9]+)?", secret), where
+        assert key == "redis-url", where
+        assert _projected_keys(spec, container, secret_keys) == {"redis-url"}, where
+        for other in containers(spec):
+            if other is not container:
+                assert "redis-url" not in _projected_keys(spec, other, secret_keys), other["name"]
+                assert EVERY_KEY not in _projected_keys(spec, other, secret_keys), other["name"]
+
+
+def _rules_of(policies: list[Manifest], direction: str, labels: dict[str, str]) -> list[Manifest]:
+    """The ingress or egress rules of every policy that selects pods with ``labels``."""
+    key = direction.lower()
+    return [
+        rule
+        for policy in policies
+        if direction in policy["spec"]["policyTypes"]
+        and selects(policy["spec"]["podSelector"], labels)
+        for rule in policy["spec"].get(key, [])
+    ]
+
+
+def _on_port(rules: list[Manifest], port: int) -> list[Manifest]:
+    return [rule for rule in rules if any(p.get("port") == port for p in rule.get("ports", []))]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_script_loaders_reach_redis_and_nothing_more(
+    overlay: str, rendered: dict[str, list[Manifest]]
+) -> None:
+    """The pods that load the scripts may reach Redis on 6379 (in local, Redis admits them);
+    the CronJob's may not reach PostgreSQL."""
+    objects = rendered[overlay]
+    policies = _of_kind(objects, "NetworkPolicy")
+    redis_pods = [
+        pod_labels(obj)
+        for obj in objects
+        if obj["metadata"]["name"] == "redis" and obj["kind"] in {"Deployment", "StatefulSet"}
+    ]
+    for obj, _, _ in _script_loaders(objects):
+        labels = pod_labels(obj)
+        to_redis = _on_port(_rules_of(policies, "Egress", labels), 6379)
+        assert to_redis, f"{name_of(obj)}: no egress to 6379"
+        peers = [peer for rule in to_redis for peer in rule["to"]]
+        if overlay == "overlays/local":
+            (redis_labels,) = redis_pods
+            assert any(selects(peer.get("podSelector", {}), redis_labels) for peer in peers)
+            admitted = _on_port(_rules_of(policies, "Ingress", redis_labels), 6379)
+            assert any(
+                selects(peer.get("podSelector", {}), labels)
+                for rule in admitted
+                for peer in rule.get("from", [])
+            ), f"Redis does not admit {name_of(obj)}"
+        else:
+            assert not redis_pods
+            assert all("ipBlock" in peer for peer in peers), peers
+        if obj["kind"] == "CronJob":
+            assert not _on_port(_rules_of(policies, "Egress", labels), 5432), name_of(obj)
 
 
 # -- settings and secrets -----------------------------------------------------------------
@@ -569,6 +813,86 @@ def test_operations_doc_lists_every_variable(rendered: dict[str, list[Manifest]]
     assert not missing, f"docs/operations.md does not name {missing}"
 
 
+def _instrument_names() -> set[str]:
+    """The names of the library's OpenTelemetry instruments."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from securecache.telemetry import Telemetry
+
+    provider = MeterProvider()
+    try:
+        telemetry = Telemetry(meter_provider=provider)
+        return {
+            name for value in vars(telemetry).values() if (name := getattr(value, "name", None))
+        }
+    finally:
+        provider.shutdown()
+
+
+def _redis_span_names() -> set[str]:
+    """The names of the library's Redis spans: the operations ``RedisCache._call`` is given."""
+    source = (ROOT / "src" / "securecache" / "cache.py").read_text(encoding="utf-8")
+    names = set(re.findall(r'_call\(\s*"([^"]+)"', source))
+    for chosen in re.findall(r'operation = ("[^"]+"(?: if [^\n]+ else "[^"]+")?)', source):
+        names |= set(re.findall(r'"([^"]+)"', chosen))
+    return names
+
+
+def test_operations_doc_names_every_metric_and_redis_span() -> None:
+    """docs/operations.md names every instrument and Redis span, and no Redis span that the
+    library no longer makes (such as a plain MGET or EVALSHA)."""
+    doc = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    instruments = _instrument_names()
+    spans = _redis_span_names()
+    assert {"securecache.cache.hits", "securecache.audit.inconsistent"} <= instruments
+    assert {"EVALSHA lookup", "PING"} <= spans
+    missing = sorted(name for name in instruments | spans if f"`{name}`" not in doc)
+    assert not missing, f"docs/operations.md does not name {missing}"
+    section = doc[doc.index("## Spans") :]
+    section = section[: section.index("\n## ", 1)]
+    named = set(
+        re.findall(r"`((?:MGET|GET|SET|DEL|PING|EVALSHA|EVAL|UNLINK)(?: [a-zA-Z]+)?)`", section)
+    )
+    assert named <= spans, f"the Spans section names {sorted(named - spans)}"
+
+
+def _elasticache_access(rules: list[str]) -> str:
+    """An ACL SETUSER rule list as an ElastiCache access string: no reset, no password."""
+    return " ".join(rule for rule in rules if rule != "reset" and not rule.startswith(">"))
+
+
+def test_eks_guide_makes_the_access_strings_from_the_library(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """docs/deploy-eks.md's snippet imports securecache.ops.acl and prints what the library's
+    rules say; the ops user's string is the local aclfile's; every secret has a row."""
+    doc = (ROOT / "docs" / "deploy-eks.md").read_text(encoding="utf-8")
+    assert "securecache.acl " not in doc
+    assert "securecache.acl." not in doc
+    (snippet,) = re.findall(r"python - <<'EOF'\n(.*?)\nEOF\n", doc, re.DOTALL)
+    assert "from securecache.ops.acl import setuser_rules" in snippet
+    result = run([sys.executable, "-"], input=snippet, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    assert printed == _elasticache_access(setuser_rules("unused", deploy_acl.KEY_PREFIX))
+    (shown,) = re.findall(r'^echo "\$api_access"\n# (.*)$', doc, re.MULTILINE)
+    assert re.sub(r"\+evalsha\|[0-9a-f]{40}", "+evalsha|<digest>", printed) == shown
+    (ops_access,) = re.findall(r'access="(on [^"]+)"', doc)
+    assert ops_access == _elasticache_access(deploy_acl.ops_rules())
+    (users,) = re.findall(r"^for user in ([^;]+); do$", doc, re.MULTILINE)
+    assert set(users.split()) == {*deploy_acl.API_USERS, deploy_acl.OPS_USER}
+    listed = re.search(r"`securecache\.ops\.acl\.CLUSTER_COMMANDS`: `([^`]+)`", doc)
+    assert listed is not None
+    assert listed.group(1).split() == [f"+{command}" for command in CLUSTER_COMMANDS]
+    remote = {
+        ref["remoteRef"]["key"]
+        for external in _of_kind(rendered["overlays/eks"], "ExternalSecret")
+        for ref in external["spec"]["data"]
+    }
+    missing = sorted(key for key in remote if f"| `{key}` |" not in doc)
+    assert not missing, f"docs/deploy-eks.md's secrets table lacks {missing}"
+
+
 def _local_secrets(rendered: dict[str, list[Manifest]]) -> dict[str, dict[str, str]]:
     """The local overlay's Secrets by name without the generated suffix, values decoded."""
     secrets: dict[str, dict[str, str]] = {}
@@ -612,6 +936,20 @@ def test_local_secrets_agree_with_each_other(rendered: dict[str, list[Manifest]]
         assert f"user {cache.username} " in acl
         assert f" >{unquote(cache.password or '')} " in acl
         assert deploy_acl.API_USERS[cache.username] == unquote(cache.password or "")
+    # The scripts are loaded as the operator's user, on the Redis the APIs use.
+    loader = urlsplit(migrate["redis-url"])
+    assert (loader.username, unquote(loader.password or "")) == (
+        deploy_acl.OPS_USER,
+        deploy_acl.OPS_PASSWORD,
+    )
+    assert deploy_acl.ops_line() + "\n" in acl
+    for api in ("securecache-public-api", "securecache-internal-api"):
+        cache = urlsplit(secrets[api]["redis-url"])
+        assert (loader.scheme, loader.netloc.rpartition("@")[2], loader.path) == (
+            cache.scheme,
+            cache.netloc.rpartition("@")[2],
+            cache.path,
+        )
     (config,) = _of_kind(rendered["overlays/local"], "ConfigMap")
     assert config["data"]["SECURECACHE_KEY_PREFIX"] == deploy_acl.KEY_PREFIX
 
@@ -662,10 +1000,9 @@ class AclRedis:
         return redis.Redis.from_url(self.url(user, password))
 
 
-@pytest.fixture(scope="module")
-def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
+@contextmanager
+def _acl_redis_server(directory: Path) -> Iterator[AclRedis]:
     """A real redis-server started with ``--aclfile`` (the committed file), stopped after."""
-    directory = tmp_path_factory.mktemp("acl-redis")
     aclfile = directory / "users.acl"
     shutil.copyfile(deploy_acl.ACL_FILE, aclfile)
     port = _free_port()
@@ -702,6 +1039,22 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
+    """The ACL'd redis-server most tests share (the scripts get loaded into it early on)."""
+    with _acl_redis_server(tmp_path_factory.mktemp("acl-redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
+    """An ACL'd redis-server of this test's own: just started, so it holds no script."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    with _acl_redis_server(directory) as server:
+        yield server
 
 
 @pytest.fixture
@@ -823,6 +1176,83 @@ def test_operator_drops_the_prefix_with_scan_and_unlink(
     ):
         with pytest.raises(NoPermissionError):
             _execute(ops, *command)
+
+
+def _run_manifest_loader(
+    rendered: dict[str, list[Manifest]], server: AclRedis, directory: Path, url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the local CronJob's command as it runs in its pod: its argv, its
+    ``SECURECACHE_REDIS_URL_FILE`` holding the key it mounts (the operator's URL) with the
+    host made this test's server, or ``url`` in its place."""
+    objects = rendered["overlays/local"]
+    ((_, spec, container),) = [
+        loader for loader in _script_loaders(objects) if loader[0]["kind"] == "CronJob"
+    ]
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    source = _file_source(spec, container, env["SECURECACHE_REDIS_URL_FILE"])
+    assert source is not None
+    if url is None:
+        secret, key = source
+        (mounted,) = [
+            base64.b64decode(obj["data"][key]).decode()
+            for obj in _of_kind(objects, "Secret")
+            if obj["metadata"]["name"] == secret
+        ]
+        parts = urlsplit(mounted)
+        credentials = parts.netloc.rpartition("@")[0]
+        url = parts._replace(netloc=f"{credentials}@127.0.0.1:{server.port}").geturl()
+    url_file = directory / "redis-url"
+    url_file.write_text(url, encoding="utf-8")
+    argv = [*container["command"], *container.get("args", [])]
+    program = shutil.which(argv[0], path=str(VENV_BIN))
+    assert program is not None, f"{argv[0]} is not installed beside {sys.executable}"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECACHE_")}
+    child_env["SECURECACHE_REDIS_URL_FILE"] = str(url_file)
+    return run([program, *argv[1:]], env=child_env, timeout=60)
+
+
+async def test_manifest_loader_heals_a_redis_that_lost_the_scripts(
+    fresh_acl_redis: AclRedis,
+    rendered: dict[str, list[Manifest]],
+    settings: Settings,
+    make_securities: MakeSecurities,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """A Redis without the scripts (restarted, failed over): the API user serves from
+    PostgreSQL, says which command to run, /readyz's Redis is degraded; the CronJob's command,
+    as the manifest runs it, loads them, and the same client caches again. An API user's
+    URL cannot load them."""
+    user = "securecache-public"
+    password = deploy_acl.API_USERS[user]
+    cached = settings.with_changes(
+        redis_url=fresh_acl_redis.url(user, password), key_prefix=deploy_acl.KEY_PREFIX
+    )
+    keys = KeyScheme(deploy_acl.KEY_PREFIX)
+    (security_id,) = make_securities(1)
+    caplog.set_level(logging.ERROR, logger="securecache")
+    with fresh_acl_redis.client(deploy_acl.OPS_USER, deploy_acl.OPS_PASSWORD) as ops:
+        async with SecureCache(cached) as cache:
+            assert await cache.securities.get(security_id) is not None
+            assert ops.get(keys.value(Kind.SECURITY, security_id)) is None
+            assert (await cache.health()).redis == "degraded"
+            assert any("securecache redis-scripts" in r.getMessage() for r in caplog.records)
+
+            refused = _run_manifest_loader(
+                rendered, fresh_acl_redis, tmp_path, fresh_acl_redis.url(user, password)
+            )
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+            assert password not in refused.stderr
+
+            loaded = _run_manifest_loader(rendered, fresh_acl_redis, tmp_path)
+            assert loaded.returncode == 0, loaded.stderr
+            assert "loaded 3 scripts" in loaded.stdout
+
+            security = await cache.securities.get(security_id)
+            assert security is not None
+            assert ops.get(keys.value(Kind.SECURITY, security_id)) == codec.encode_entry(security)
+            assert (await cache.health()).redis == "ok"
 
 
 # -- entry points -------------------------------------------------------------------------
