@@ -214,6 +214,10 @@ def measure_one(
             parsed = parse_wrk(out.stdout)
         finally:
             stop(proc)
+        log.seek(0)
+        parsed["server_log_lines"] = sum(
+            chunk.count(b"\n") for chunk in iter(lambda: log.read(1 << 20), b"")
+        )
     return parsed
 
 
@@ -248,6 +252,8 @@ def http_phase(
             continue
         note = notes[contender]
         errors = parsed["non_2xx"] + parsed["socket_errors"]
+        if parsed["requests"] and parsed["server_log_lines"] >= parsed["requests"] // 2:
+            note += "; logs a line per request (access log on)"
         if errors:
             note += f"; {parsed['non_2xx']} non-2xx and {parsed['socket_errors']} socket errors"
         results.add(
@@ -264,6 +270,7 @@ def http_phase(
                 "note": note,
                 "requests_per_second": parsed["requests_per_second"],
                 "errors": errors,
+                "server_log_lines": parsed["server_log_lines"],
             }
         )
     return {
