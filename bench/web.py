@@ -68,11 +68,13 @@ class Launch:
         if self.mode == "launcher":
             return (
                 "python -m servers public; the constant app through the same servers.run "
-                "functions (same uvicorn.Config, logging and event loop)"
+                "functions (same uvicorn.Config, logging and event loop: asyncio.run, the "
+                "default asyncio loop)"
             )
         return (
             "python -m uvicorn servers.public_api:app / bench.constant_app:app with the same "
-            "command-line settings (python -m servers is not available in this tree)"
+            "command-line settings (uvicorn's defaults: --loop auto, so uvloop when installed; "
+            "python -m servers is not available in this tree)"
         )
 
 
