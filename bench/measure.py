@@ -78,6 +78,11 @@ def row(
     }
     for name in case.counters:
         result[name] = statistics.median(r.counts[name] for r in case.runs)
+    failed = sum(r.counts.get("redis_errors", 0) for r in case.runs)
+    if failed:
+        # Fail-open served these from PostgreSQL: the figures measure something else.
+        result["errors"] = failed
+        result["note"] = f"{failed:g} Redis errors during the runs; " + result["note"]
     if extra:
         result.update(extra)
     return result

@@ -26,6 +26,7 @@ from bench.workloads import CONCURRENCY
 from securecache import ScoreUpdate, SecureCache
 
 QUERIES_METRIC = "securecache.db.queries"
+REDIS_ERRORS_METRIC = "securecache.redis.errors"
 
 
 def counter_reader(reader: InMemoryMetricReader, name: str) -> Callable[[], float]:
@@ -44,6 +45,58 @@ def counter_reader(reader: InMemoryMetricReader, name: str) -> Callable[[], floa
     return read
 
 
+class NaiveCacheAside:
+    """``GET``; on a miss ``SELECT`` then ``SET``: no lease, no version, no single-flight.
+
+    Pools of the library's default sizes (10 PostgreSQL, 50 Redis connections), waiting for
+    a free connection rather than failing when all are busy (redis-py's default).
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self.queries = 0
+        self.redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                ctx.redis_url, max_connections=ctx.settings.redis_max_connections
+            )
+        )
+        self.pool = AsyncConnectionPool(
+            ctx.dataset.writer_url,
+            min_size=ctx.settings.db_pool_min_size,
+            max_size=ctx.settings.db_pool_max_size,
+            open=False,
+            kwargs={"autocommit": True},
+        )
+
+    async def get(self, id_: str) -> object:
+        key = self._ctx.key("naive", id_)
+        raw = await self.redis.get(key)
+        if raw is not None:
+            return orjson.loads(raw)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {SCORE_COLUMNS} FROM securecache.score"  # noqa: S608 - a constant
+                " WHERE security_id = %s",
+                (id_,),
+            )
+            found = await cur.fetchone()
+        self.queries += 1
+        value = score_dict(found) if found is not None else None
+        await self.redis.set(key, orjson.dumps(value), ex=300)
+        return value
+
+    async def cool(self, ids: list[str]) -> None:
+        for part in chunks([self._ctx.key("naive", i) for i in ids]):
+            await self.redis.delete(*part)
+
+    def count(self) -> float:
+        return float(self.queries)
+
+    async def aclose(self) -> None:
+        await self.pool.close()
+        await self.redis.aclose()
+
+
 async def miss_phase(ctx: Context, results: Results, herd: int) -> None:
     """Sequential misses, misses at 64 tasks, a herd on one key, and writes."""
     print("misses (keys cold in Redis)", flush=True)
@@ -52,52 +105,20 @@ async def miss_phase(ctx: Context, results: Results, herd: int) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     queries = counter_reader(reader, QUERIES_METRIC)
-    # Pools of the library's default sizes (10 PostgreSQL, 50 Redis connections), waiting for
-    # a free connection rather than failing when all are busy (redis-py's default).
-    client = aioredis.Redis(
-        connection_pool=aioredis.BlockingConnectionPool.from_url(
-            ctx.redis_url, max_connections=ctx.settings.redis_max_connections
-        )
-    )
-    naive_queries = [0]
+    redis_errors = counter_reader(reader, REDIS_ERRORS_METRIC)
+    naive = NaiveCacheAside(ctx)
+    await naive.pool.open()
 
-    async with (
-        SecureCache(ctx.settings, meter_provider=provider) as cache,
-        AsyncConnectionPool(
-            ctx.dataset.writer_url,
-            min_size=ctx.settings.db_pool_min_size,
-            max_size=ctx.settings.db_pool_max_size,
-            open=False,
-            kwargs={"autocommit": True},
-        ) as pool,
-    ):
-
-        async def naive_get(id_: str) -> object:
-            key = ctx.key("naive", id_)
-            raw = await client.get(key)
-            if raw is not None:
-                return orjson.loads(raw)
-            async with pool.connection() as conn:
-                cur = await conn.execute(
-                    f"SELECT {SCORE_COLUMNS} FROM securecache.score"  # noqa: S608 - a constant
-                    " WHERE security_id = %s",
-                    (id_,),
-                )
-                found = await cur.fetchone()
-            naive_queries[0] += 1
-            value = score_dict(found) if found is not None else None
-            await client.set(key, orjson.dumps(value), ex=300)
-            return value
+    async with SecureCache(ctx.settings, meter_provider=provider) as cache:
 
         async def cool(ids: list[str]) -> None:
-            await asyncio.gather(*(cache.invalidate(i) for i in ids))
-
-        async def cool_naive(ids: list[str]) -> None:
-            for part in chunks([ctx.key("naive", i) for i in ids]):
-                await client.delete(*part)
-
-        def naive_count() -> float:
-            return float(naive_queries[0])
+            # A few at a time: a burst past the Redis pool's size fails (and trips the
+            # circuit breaker) instead of waiting, which would leave keys warm.
+            before = redis_errors()
+            for part in chunks(ids, 16):
+                await asyncio.gather(*(cache.invalidate(i) for i in part))
+            if redis_errors() > before:
+                raise RuntimeError("Redis failed while keys were made cold: no valid miss figures")
 
         if await cache.scores.get(cold[0]) is None:
             raise RuntimeError("securecache returned no score for a seeded id")
@@ -110,14 +131,14 @@ async def miss_phase(ctx: Context, results: Results, herd: int) -> None:
                     lambda i: cache.scores.get(ids[i % m]),
                     note="lease, PostgreSQL, versioned fill",
                     prepare=lambda: cool(ids),
-                    counters={"queries": queries},
+                    counters={"queries": queries, "redis_errors": redis_errors},
                 ),
                 Case(
                     "naive",
-                    lambda i: naive_get(ids[i % m]),
+                    lambda i: naive.get(ids[i % m]),
                     note="no lease, no version check: unsafe under races",
-                    prepare=lambda: cool_naive(ids),
-                    counters={"queries": naive_count},
+                    prepare=lambda: naive.cool(ids),
+                    counters={"queries": naive.count},
                 ),
             ]
 
@@ -154,10 +175,10 @@ async def miss_phase(ctx: Context, results: Results, herd: int) -> None:
                     ScoreUpdate(growth=(i % 100) / 10, value=5, quality=5, momentum=5),
                 ),
                 note="commit in PostgreSQL, then the versioned cache write",
-                counters={"queries": queries},
+                counters={"queries": queries, "redis_errors": redis_errors},
             )
         ]
         await compare(put, ops=len(writes), repeat=ctx.repeat, warmup=min(len(writes), 50))
         results.measured("put", put)
-    await client.aclose()
+    await naive.aclose()
     provider.shutdown()
