@@ -142,7 +142,8 @@ def _goals(results: Sequence[Mapping[str, Any]], axis: Axes) -> None:
     ypos = list(range(len(checks)))
     measured = [s for s in scores if s > 0] or [1.0]
     low, high = min(*measured, 1.0) / 3, max(*measured, 1.0) * 6
-    axis.barh(ypos, scores, color=colors)
+    drawn = [y for y, check in enumerate(checks) if check.value is not None]
+    axis.barh(drawn, [scores[y] for y in drawn], color=[colors[y] for y in drawn])
     for y, (check, score) in enumerate(zip(checks, scores, strict=True)):
         if check.value is None:
             axis.text(low * 1.1, y, f"N/A: {check.detail}", va="center", fontsize=7)
