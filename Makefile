@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make run    - both APIs over PostgreSQL and Redis (embedded unless URLs are set), demo data"
 	@echo "make test   - lint, type check and the full test suite (what CI runs)"
-	@echo "make bench  - benchmarks, results in bench/results.json"
+	@echo "make bench  - benchmarks: bench/results.json, docs/benchmarks.md and its chart"
 	@echo "make lint   - ruff"
 	@echo "make jaeger - Jaeger all-in-one for traces (needs Docker)"
 	@echo "make clean  - remove virtualenvs, embedded server data and caches"

@@ -9,6 +9,7 @@ answer on their standard ports, so a CI machine covers two server versions.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 import nox
@@ -78,6 +79,13 @@ def tests_system(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """securecache beside bare redis-py and other Python caches; writes bench/results.json."""
-    _install(session, "bench", extras=".[binary,embedded,hiredis]")
-    session.run("python", "bench/run.py", *session.posargs)
+    """securecache beside bare redis-py, a naive cache-aside, other Python caches and a
+    constant-JSON endpoint; writes bench/results.json, bench/results.md and
+    docs/benchmarks.md with its chart. ``nox -s bench -- --help`` lists the options."""
+    _install(session, "bench")
+    if shutil.which("wrk") is None and "--no-http" not in session.posargs:
+        session.warn(
+            "wrk is not installed, so the HTTP figures will be missing (the rest still runs); "
+            "on Debian or Ubuntu: apt-get update && apt-get install -y wrk"
+        )
+    session.run("python", "-m", "bench", *session.posargs)
