@@ -113,14 +113,19 @@ class Stage:
         return problems
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis", "near-cache"])
 def stage(
+    request: pytest.FixtureRequest,
     settings: Settings,
     make_securities: MakeSecurities,
     redis_admin: redis.Redis,
     admin_conn: psycopg.Connection[Any],
     key_prefix: str,
 ) -> Stage:
+    """Every race of this module is run twice: on Redis alone, and with a near cache in
+    front of it (speed never buys a stale read)."""
+    if request.param == "near-cache":
+        settings = settings.with_changes(local_cache_size=10_000)
     return Stage(settings, make_securities, redis_admin, admin_conn, key_prefix)
 
 

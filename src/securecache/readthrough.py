@@ -253,14 +253,18 @@ class ReadThrough(Generic[R]):
             for id_ in misses
             if leases[id_] == LEASE_TAKEN
         ]
+        stored: set[str] = set()
         if writes and self._cache:
             outcomes = await self._cache.compare_and_set(writes, token)
             self._count_writes(outcomes)
             await self._check_claims(writes, outcomes)
+            stored = {w.key for w, o in zip(writes, outcomes, strict=True) if o == STORED}
         for id_ in misses:
             record = rows.get(id_)
             _resolve(batch[id_], record, "postgres" if record is not None else "absent")
-            self._remember(id_, record, ticket)
+            # The near cache follows Redis: a fill it refused (lease lost) is not kept either.
+            if self._keys.value(self._kind, id_) in stored:
+                self._remember(id_, record, ticket)
 
     def _remember(self, id_: str, record: R | None, ticket: int) -> None:
         """Keep what was just read in the near cache, unless invalidated since ``ticket``."""
