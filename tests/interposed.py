@@ -48,6 +48,9 @@ class Interposed:
     async def delete(self, keys: Sequence[str]) -> bool:
         return await self.inner.delete(keys)
 
+    async def settle(self, targets: Sequence[tuple[str, str, int]], ttl_ms: int) -> list[int]:
+        return await self.inner.settle(targets, ttl_ms)
+
     async def announce(self, keys: Sequence[tuple[Kind, str]]) -> None:
         await self.inner.announce(keys)
 

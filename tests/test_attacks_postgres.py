@@ -20,7 +20,8 @@ from psycopg import sql
 
 from fix_servers import Database, MakeSecurities, create_database, drop_database
 from securecache import Score, ScoreUpdate, SecureCache, Settings, UnavailableError, codec
-from securecache.cache import CircuitBreaker, RedisCache, connect
+from securecache.breaker import CircuitBreaker
+from securecache.cache import RedisCache, connect
 from securecache.keys import KeyScheme, Kind
 from securecache.listener import NOTICE_BATCH, ChangeListener
 from securecache.ops import migrations

@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -34,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, NoScriptError, RedisError
 
+from securecache.breaker import CircuitBreaker
 from securecache.keys import Kind
 from securecache.nearcache import encode_keys
 from securecache.telemetry import Telemetry
@@ -151,49 +151,6 @@ class CacheWrite:
 
 class ScriptsMissingError(RedisError):
     """Redis lacks the library's scripts and this user may not load them (fail open)."""
-
-
-class CircuitBreaker:
-    """Stops calling Redis after repeated failures; lets one probe through after a pause.
-
-    Closed: every call goes. Open (``failures`` in a row): none goes for
-    ``reset_seconds``. Half-open: one call probes; its success closes the breaker, its
-    failure opens it again, and the others keep falling through to PostgreSQL meanwhile.
-    """
-
-    def __init__(self, failures: int, reset_seconds: float) -> None:
-        self._threshold = failures
-        self._reset = reset_seconds
-        self._failures = 0
-        self._open_until = 0.0
-        self._probing = False
-
-    @property
-    def is_open(self) -> bool:
-        return self._failures >= self._threshold
-
-    def allow(self) -> bool:
-        """True if a call may go to Redis now: closed, or the one probe when half-open."""
-        if self._failures < self._threshold:
-            return True
-        if self._probing or time.monotonic() < self._open_until:
-            return False
-        self._probing = True
-        return True
-
-    def success(self) -> None:
-        self._failures = 0
-        self._probing = False
-
-    def abandon(self) -> None:
-        """A call ended without an answer either way (cancelled): let another probe."""
-        self._probing = False
-
-    def failure(self) -> None:
-        self._failures += 1
-        self._probing = False
-        if self._failures >= self._threshold:
-            self._open_until = time.monotonic() + self._reset
 
 
 # redis-py 7 moved lib_name/lib_version into driver_info and warns about the old names.

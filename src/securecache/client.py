@@ -13,7 +13,8 @@ from opentelemetry import metrics, trace
 
 from securecache import redaction
 from securecache.audit import Audit
-from securecache.cache import CircuitBreaker, RedisCache, connect
+from securecache.breaker import CircuitBreaker
+from securecache.cache import RedisCache, connect
 from securecache.errors import ConfigurationError, SecureCacheError, ValidationError
 from securecache.keys import KeyScheme, Kind
 from securecache.listener import ChangeListener

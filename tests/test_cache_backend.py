@@ -1,0 +1,179 @@
+"""The contract of the Redis side of the policy (:class:`securecache.readthrough.CacheBackend`),
+against real Redis: what each round trip promises, whoever implements it. The suite runs on
+the library's RedisCache and on the test double that wraps it (tests/interposed.py), so a
+double that breaks the contract fails here before it can mislead a race test."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from interposed import Interposed
+from securecache.breaker import CircuitBreaker
+from securecache.cache import (
+    LEASE_HELD,
+    LEASE_TAKEN,
+    NO_LEASE_NEEDED,
+    REFUSED_LEASE,
+    STORED,
+    CacheWrite,
+    RedisCache,
+    connect,
+)
+from securecache.keys import KeyScheme, Kind
+from securecache.ops.dev import ServerInfo
+from securecache.readthrough import CacheBackend
+from securecache.telemetry import Telemetry
+
+TTL = 60_000
+WRAPPERS: dict[str, Callable[[RedisCache], CacheBackend]] = {
+    "RedisCache": lambda cache: cache,
+    "Interposed": Interposed,
+}
+
+
+@pytest.fixture(params=sorted(WRAPPERS))
+async def backend(
+    request: pytest.FixtureRequest, servers: ServerInfo, key_prefix: str
+) -> AsyncIterator[CacheBackend]:
+    """A backend on the session's Redis, announcing on the test prefix's channel."""
+    cache = RedisCache(
+        connect(servers.redis_url, cluster=False, timeout=1.0, max_connections=4),
+        Telemetry(),
+        CircuitBreaker(5, 1.0),
+        channel=KeyScheme(key_prefix).channel,
+    )
+    try:
+        yield WRAPPERS[request.param](cache)
+    finally:
+        await cache.close()
+
+
+@pytest.fixture
+def keys(key_prefix: str) -> tuple[str, str]:
+    """The value and lease keys of one fresh id."""
+    scheme, id_ = KeyScheme(key_prefix), "C" + secrets.token_hex(4)
+    return scheme.value(Kind.SCORE, id_), scheme.lease(Kind.SCORE, id_)
+
+
+def entry(version: int) -> bytes:
+    return b"%d|%s" % (version, orjson.dumps({"v": version}))
+
+
+def write(keys: tuple[str, str], version: int, **kw: Any) -> CacheWrite:
+    return CacheWrite(key=keys[0], lease_key=keys[1], version=version, entry=entry(version),
+                      ttl_ms=TTL, **kw)  # fmt: skip
+
+
+async def test_a_miss_takes_the_lease_and_a_second_reader_finds_it_held(
+    backend: CacheBackend, keys: tuple[str, str]
+) -> None:
+    """The lookup of an empty key returns nothing and the lease; another token is told the
+    lease is held."""
+    assert await backend.lookup([keys], "t1", TTL) == [(None, LEASE_TAKEN)]
+    assert await backend.lookup([keys], "t2", TTL) == [(None, LEASE_HELD)]
+
+
+async def test_a_fill_under_its_lease_is_stored_and_then_served(
+    backend: CacheBackend, keys: tuple[str, str], redis_admin: redis.Redis
+) -> None:
+    """CAS under the lease stores the entry with a TTL and frees the lease; the lookup then
+    serves it and takes no lease."""
+    await backend.lookup([keys], "t1", TTL)
+    assert await backend.compare_and_set([write(keys, 3)], "t1") == [STORED]
+    assert redis_admin.pttl(keys[0]) > 0
+    assert redis_admin.exists(keys[1]) == 0
+    assert await backend.lookup([keys], "t2", TTL) == [(entry(3), NO_LEASE_NEEDED)]
+
+
+async def test_a_fill_without_the_lease_is_refused(
+    backend: CacheBackend, keys: tuple[str, str], redis_admin: redis.Redis
+) -> None:
+    """A token that does not hold the lease stores nothing; a write-through that lost its
+    lease drops the entry instead."""
+    await backend.lookup([keys], "t1", TTL)
+    assert await backend.compare_and_set([write(keys, 3)], "other") == [REFUSED_LEASE]
+    redis_admin.set(keys[0], entry(2), px=TTL)
+    refused = await backend.compare_and_set([write(keys, 3)], "other", write_through=True)
+    assert refused == [REFUSED_LEASE]
+    assert redis_admin.exists(keys[0]) == 0
+
+
+async def test_a_newer_entry_refuses_an_older_fill_and_names_its_version(
+    backend: CacheBackend, keys: tuple[str, str], redis_admin: redis.Redis
+) -> None:
+    """An entry claiming version 7 refuses a fill of version 3 and says 7 (for the caller to
+    check against PostgreSQL)."""
+    redis_admin.set(keys[0], entry(7), px=TTL)
+    assert await backend.take_leases([keys[1]], "t1", TTL, take_over=True) == [True]
+    assert await backend.compare_and_set([write(keys, 3)], "t1") == [7]
+
+
+async def test_an_entry_without_a_ttl_is_neither_served_nor_respected(
+    backend: CacheBackend, keys: tuple[str, str], redis_admin: redis.Redis
+) -> None:
+    """No TTL: not ours. The lookup treats the key as empty and the fill replaces it, whatever
+    version it claims."""
+    redis_admin.set(keys[0], entry(9_000))
+    assert await backend.lookup([keys], "t1", TTL) == [(None, LEASE_TAKEN)]
+    assert await backend.compare_and_set([write(keys, 3)], "t1") == [STORED]
+    assert redis_admin.get(keys[0]) == entry(3)
+
+
+@pytest.mark.parametrize(
+    ("cached", "truth", "left"),
+    [(5, 5, entry(5)), (4, 5, b"5|~"), (9, 5, b"5|~"), (5, 0, None), (None, 5, b"5|~")],
+    ids=["same", "older", "newer", "row gone", "nothing cached"],
+)
+async def test_settle_leaves_exactly_the_version_postgresql_holds(
+    backend: CacheBackend,
+    keys: tuple[str, str],
+    redis_admin: redis.Redis,
+    cached: int | None,
+    truth: int,
+    left: bytes | None,
+) -> None:
+    """An entry at PostgreSQL's version stays; any other becomes that version's floor; a row
+    that is gone takes its entry (and lease) with it."""
+    if cached is not None:
+        redis_admin.set(keys[0], entry(cached), px=TTL)
+    await backend.settle([(keys[0], keys[1], truth)], TTL)
+    assert redis_admin.get(keys[0]) == left
+
+
+async def test_writers_take_leases_over_and_give_them_back(
+    backend: CacheBackend, keys: tuple[str, str], redis_admin: redis.Redis
+) -> None:
+    """A reader's SET NX fails on a held lease; a writer takes it over; release frees it."""
+    assert await backend.take_leases([keys[1]], "reader", TTL) == [True]
+    assert await backend.take_leases([keys[1]], "reader2", TTL) == [False]
+    assert await backend.take_leases([keys[1]], "writer", TTL, take_over=True) == [True]
+    assert redis_admin.get(keys[1]) == b"writer"
+    await backend.release_leases([keys[1]])
+    assert redis_admin.exists(keys[1]) == 0
+
+
+async def test_delete_and_announce(
+    backend: CacheBackend, keys: tuple[str, str], redis_admin: redis.Redis, key_prefix: str
+) -> None:
+    """delete removes values and leases; announce publishes the ids on the prefix's channel."""
+    redis_admin.set(keys[0], entry(1), px=TTL)
+    redis_admin.set(keys[1], b"t", px=TTL)
+    assert await backend.delete(list(keys))
+    assert redis_admin.exists(*keys) == 0
+    subscribe: Any = redis_admin.pubsub  # untyped in redis-py
+    pubsub = subscribe()
+    pubsub.subscribe(KeyScheme(key_prefix).channel)
+    try:
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        await backend.announce([(Kind.SCORE, "A1"), (Kind.SECURITY, "B2")])
+        message = pubsub.get_message(timeout=5)
+        assert message is not None
+        assert message["data"] == b"score A1\nsecurity B2"
+    finally:
+        pubsub.close()
