@@ -6,8 +6,9 @@ connections stayed open past 45 s). A proxy in front may bound both, but the ser
 depend on one. :class:`BoundedHttpToolsProtocol` is uvicorn's own protocol with three
 additions:
 
-- the request line and headers together may not exceed ``max_header_bytes``: counted as the
-  bytes arrive (before the parser buffers a header whole) and refused with 431;
+- the request line and headers together may not exceed ``max_header_bytes``: the raw bytes
+  of an unfinished head are counted as they arrive (so the parser never buffers more than
+  that), and a head that arrived whole is measured once parsed; either way beyond is 431;
 - they must arrive within ``header_timeout`` of the connection opening, or of the previous
   response on a kept-alive connection, or the connection is closed;
 - the errors uvicorn answers itself (malformed requests) are problem+json like every other
@@ -61,6 +62,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_bytes = 0
+        """Bytes received since the request began, while its head is incomplete."""
+        self._head_bytes = 0
+        """Size of the parsed request line and headers (checked when the head completes)."""
         self._reading_headers = True
         self._header_timer: asyncio.TimerHandle | None = None
 
@@ -86,17 +90,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(431, "the request line and headers are too large")
 
     def on_url(self, url: bytes) -> None:
-        self._header_bytes += len(url)
+        self._head_bytes += len(url)
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
+        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        # A head that arrived whole in one read was never counted as raw bytes: its parsed
+        # size is checked here instead.
         self._reading_headers = False
         self._stop_timer()
-        if self._header_bytes > self.limits.max_header_bytes:
+        if self._head_bytes > self.limits.max_header_bytes:
             self._refuse(431, "the request line and headers are too large")
             return
         super().on_headers_complete()
@@ -112,6 +118,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _await_headers(self) -> None:
         self._reading_headers = True
         self._header_bytes = 0
+        self._head_bytes = 0
         self._stop_timer()
         self._header_timer = self.loop.call_later(self.limits.header_timeout, self._too_slow)
 

@@ -21,6 +21,7 @@ from typing import Final
 import uvicorn
 from starlette.applications import Starlette
 
+from securecache.redaction import RedactSecrets
 from servers.http_limits import BoundedHttpToolsProtocol, HttpLimits
 
 GRACE_SECONDS: Final = 25.0
@@ -56,8 +57,12 @@ def _config(app: Starlette, host: str, port: int, limits: HttpLimits) -> uvicorn
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Plain logging to stderr, unless the application has set up logging already."""
+    """Plain logging to stderr, unless the application has set up logging already; every
+    handler redacts passwords, whichever logger a record comes from."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
 
 
 async def serve_apps(

@@ -94,6 +94,22 @@ def test_many_headers_of_normal_size_add_up_to_the_same_limit(internal: Launched
     assert _problem(response)[0] == 431
 
 
+def test_a_head_under_the_limit_is_served_however_it_is_split(internal: Launched) -> None:
+    """12 KiB of headers sent in twenty writes is under the 16 KiB limit: served, not 431
+    (the bytes of an unfinished head are counted once, not again when parsed)."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 12_000 + b"\r\n"
+    head += b"Connection: close\r\n\r\n"
+    with socket.create_connection(_address(internal), timeout=10) as conn:
+        step = len(head) // 20 + 1
+        for start in range(0, len(head), step):
+            conn.sendall(head[start : start + step])
+            time.sleep(0.01)
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]
+
+
 def test_a_client_that_sends_its_headers_slowly_is_dropped(internal: Launched) -> None:
     """Slowloris: a byte every 0.2 s keeps the socket busy but never completes the headers;
     the server closes it once the header timeout has passed."""

@@ -155,3 +155,20 @@ async def test_a_forged_absent_marker_is_replaced_by_the_next_change_notice(
         fresh = await cache.securities.get(sid)
         assert fresh is not None
         assert fresh.name == "Renamed"
+
+
+async def test_a_planted_lease_without_a_ttl_does_not_block_fills(
+    settings: Settings, make_securities: MakeSecurities, attacker: redis.Redis
+) -> None:
+    """A lease key planted with no TTL would make every miss of the id wait and then skip
+    the fill, for ever: the lookup takes such a lease over, and the fill lands."""
+    [sid] = make_securities(1, with_scores=True)
+    keys = KeyScheme(settings.key_prefix)
+    attacker.set(keys.lease(Kind.SCORE, sid), b"not-yours")  # no TTL
+    async with SecureCache(settings) as cache:
+        started = time.monotonic()
+        score = await cache.scores.get(sid)
+        waited = time.monotonic() - started
+    assert score is not None
+    assert attacker.get(keys.value(Kind.SCORE, sid)) == codec.encode_entry(score)
+    assert waited < settings.lease_wait_ms / 1000  # no wait for a fill that would never come

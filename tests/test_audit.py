@@ -73,6 +73,7 @@ def scored(make_securities: MakeSecurities, admin_conn: psycopg.Connection[Any])
 PLANTS: dict[str, Callable[[int], int]] = {
     "stale": lambda v: v - 1,
     "newer_than_database": lambda _: 9_000_000_000,
+    "altered": lambda v: v,  # the row's very version, other content
 }
 
 
@@ -85,9 +86,9 @@ async def test_the_audit_finds_counts_and_heals_a_planted_entry(
     metrics: tuple[MeterProvider, InMemoryMetricReader],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An entry planted in Redis (older than the row, or claiming a version it never had) is
-    served once, then found by the audit, counted as its kind, logged with both versions,
-    and dropped: the next read is PostgreSQL's."""
+    """An entry planted in Redis (older than the row, claiming a version it never had, or at
+    the row's version with other content) is served once, then found by the audit, counted
+    as its kind, logged with both versions, and dropped: the next read is PostgreSQL's."""
     provider, reader = metrics
     sid = scored
     audited = settings.with_changes(audit_sample_rate=1.0, audit_grace_seconds=0.05)

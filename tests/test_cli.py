@@ -283,7 +283,8 @@ def test_dev_on_given_servers_migrates_seeds_once_and_exits(
 ) -> None:
     """`dev --exit-after-setup --serve` with both URLs and the roles' passwords set: no
     server started, data in, the APIs up on the given ports and down again, exit 0, the URLs
-    printed without their passwords; a second run seeds nothing."""
+    printed without their passwords, the dev token kept but not shown; a second run seeds
+    nothing and serves the tokens SECURECACHE_API_TOKENS gives, without showing them."""
     passwords = role_passwords(servers, state_base(pytestconfig))
     env = cli_env(
         SECURECACHE_DATABASE_URL=empty_database.admin_url,
@@ -310,15 +311,24 @@ def test_dev_on_given_servers_migrates_seeds_once_and_exits(
     assert url_after("reader", first.stdout) == redact_url(reader_url)
     for secret in server_secrets(servers, passwords):
         assert secret not in first.stdout
+    # External servers: the generated dev token is kept, never printed.
+    token = (state_base(pytestconfig) / "dev-api-token").read_text().strip()
+    assert token not in first.stdout
+    assert "(not shown: external servers)" in first.stdout
     with psycopg.connect(reader_url) as conn:
         assert conn.execute("SELECT count(*) FROM securecache.security").fetchone() == (30,)
 
     for name, value in env.items():  # the second run in-process, to save a start-up
         if name.startswith("SECURECACHE_"):
             monkeypatch.setenv(name, value)
+    # Tokens given in the environment are the internal API's (make run honours them).
+    given = "ops:write:" + secrets.token_urlsafe(24)
+    monkeypatch.setenv("SECURECACHE_API_TOKENS", given)
     second = call(capsys, *args)
     assert second.returncode == 0, second.stderr
     assert "securities present: no demo data added" in second.stdout
+    assert "tokens: from SECURECACHE_API_TOKENS (not shown)" in second.stdout
+    assert given.rpartition(":")[2] not in second.stdout
 
 
 @pytest.mark.usefixtures("roles_to_ourselves")

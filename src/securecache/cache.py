@@ -48,7 +48,8 @@ T = TypeVar("T")
 # KEYS: value and lease key of each id, in pairs (each pair in one hash slot; on a cluster a
 # call carries the ids of one slot). ARGV[1] lease token, ARGV[2] lease TTL in ms.
 # For each pair, two results: the entry (false when none, or none with a TTL) and whether a
-# lease was taken (1), is held by another (0), or is not needed (-1: an entry to serve).
+# lease was taken (1), is held by another (0), or is not needed (-1: an entry to serve). A
+# lease without a TTL was not set by the library (it would block fills for ever): taken over.
 # A miss thus costs one round trip for the lookup and the lease together.
 LOOKUP_SCRIPT: Final = """
 local out = {}
@@ -59,6 +60,9 @@ for i = 1, #KEYS, 2 do
   if entry and string.sub(entry, -2) ~= '|~' then
     out[#out + 1] = -1
   elseif redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[#out + 1] = 1
+  elseif redis.call('PTTL', KEYS[i + 1]) == -1 then
+    redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])  -- a lease without a TTL: not ours
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

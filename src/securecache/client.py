@@ -226,10 +226,15 @@ class SecureCache:
         async def drop_kind(kind: Kind, ids: Sequence[str]) -> None:
             await drop(self._backend, [by_kind[kind]], ids)
 
+        async def rows(kind: Kind, ids: Sequence[str]) -> Mapping[str, Security | Score]:
+            if kind is Kind.SECURITY:
+                return await self._store.securities(ids)
+            return await self._store.scores(ids)
+
         self._audit = Audit(
             rate=s.audit_sample_rate,
             grace=s.audit_grace_seconds,
-            versions=self._store.versions,
+            rows=rows,
             drop=drop_kind,
             telemetry=self._telemetry,
         )
@@ -262,6 +267,7 @@ class SecureCache:
                 self._cache,
                 self._keys,
                 floor_ttl_ms=round(s.ttl_seconds * 1000),
+                timeout=s.db_timeout_seconds,
             )
             if s.listen_changes and self._cache is not None
             else None

@@ -66,8 +66,10 @@ class ChangeListener:
         *,
         floor_ttl_ms: int,
         catch_up_margin: timedelta = timedelta(seconds=60),
+        timeout: float = 5.0,
     ) -> None:
         self._url = url
+        self._timeout = timeout
         self._cache = cache
         self._keys = keys
         self._margin = catch_up_margin
@@ -115,7 +117,11 @@ class ChangeListener:
 
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(
-            self._url, autocommit=True, application_name=APPLICATION_NAME
+            self._url,
+            autocommit=True,
+            application_name=APPLICATION_NAME,
+            # The library's own timeouts, whatever defaults the role has given itself.
+            options=store.session_options(self._timeout),
         ) as conn:
             await store.listen(conn)
             now = await store.clock(conn)

@@ -4,10 +4,13 @@ I/O-free orchestration over :mod:`securecache.store` and :mod:`securecache.cache
 
 Every read is a batch. A ``get`` joins the batch of the current event-loop iteration: the
 first caller schedules a flush with ``call_soon`` (no timer, so a lone get waits for nothing),
-and every get or get_many issued before the loop comes round rides the same MGET, the same
+and every get or get_many issued before the loop comes round rides the same lookup (one
+script call that returns the entries and takes the leases of the misses), the same
 PostgreSQL query for the misses and the same pipelined fill. A key already being loaded is
 not loaded again: later callers wait on the same future (single-flight), so a herd on a cold
-key makes one query per process.
+key makes one query per process; a miss whose lease another process holds waits briefly for
+that process's fill, so a herd across the fleet makes about one. With a near cache, hits
+are served from memory before any of this (:mod:`securecache.nearcache`).
 
 Writes live here too, beside the reads whose fills they must void: :meth:`ReadThrough.write`
 runs the whole lease sequence of a write-through (take the leases over, commit, then store or
@@ -286,7 +289,7 @@ class ReadThrough(Generic[R]):
         leases: dict[str, int | None] = {}
         corrupt: dict[str, bytes] = {}
         audit = self._audit
-        hits: list[tuple[str, int]] = []
+        hits: list[tuple[str, Security | Score | None]] = []
         for index, id_ in enumerate(ids):
             raw, lease = answer[index] if answer is not None else (None, None)
             entry = codec.decode_entry(self._type, raw, id_)
@@ -294,12 +297,12 @@ class ReadThrough(Generic[R]):
                 _resolve(batch[id_], None, "absent")
                 self._remember(id_, None, ticket)
                 if audit is not None:
-                    hits.append((id_, codec.ABSENT_VERSION))
+                    hits.append((id_, None))
             elif isinstance(entry, self._type):
                 _resolve(batch[id_], entry, "redis")
                 self._remember(id_, entry, ticket)
                 if audit is not None:
-                    hits.append((id_, entry.version))
+                    hits.append((id_, entry))
             else:
                 if entry is codec.CORRUPT and raw is not None:
                     corrupt[id_] = raw

@@ -16,8 +16,20 @@ SECRET_PARAMETERS: Final = frozenset({"password", "sslpassword"})
 """Connection parameters (URL query or conninfo keys) that hold secrets."""
 _URL_PASSWORD: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@")
 _PARAMETER: Final = re.compile(r"(?i)\b((?:ssl)?password\s*=\s*)('[^']*'|[^\s&'\"]+)")
-LOGGERS: Final = ("psycopg", "psycopg.pool", "redis")
-"""Loggers of the libraries that may log what they were configured with."""
+LOGGERS: Final = (
+    "psycopg",
+    "psycopg.pool",
+    "psycopg.pq",
+    "psycopg.conninfo",
+    "redis",
+    "redis.connection",
+    "redis.cluster",
+    "redis.asyncio.connection",
+    "redis.asyncio.cluster",
+)
+"""Loggers of the libraries that may log what they were configured with. A logger's filter
+sees only the records logged on that very logger, not its children's, so each is named; a
+process that owns its logging (the servers) also puts the filter on its handlers."""
 
 
 def redact_url(url: str | None) -> str | None:

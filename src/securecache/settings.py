@@ -150,6 +150,7 @@ class Settings:
     breaker_reset_seconds: float = attrs.field(default=2.0, validator=_positive)
     """How long the breaker stays open before one call probes Redis again."""
     lease_ms: int = attrs.field(default=5000, validator=_positive)
+    """How long a fill lease lasts (an upper bound on one PostgreSQL read)."""
     lease_wait_ms: int = attrs.field(default=200, validator=_not_negative)
     """How long a miss waits for the fill of another process holding the key's lease before
     reading PostgreSQL itself (0: never wait; at most ``lease_ms``)."""
@@ -157,7 +158,6 @@ class Settings:
     """Share of cache hits re-read from PostgreSQL in the background (0 = audit off)."""
     audit_grace_seconds: float = attrs.field(default=5.0, validator=_positive)
     """How long an entry may trail its row (a write-through on its way) before it counts."""
-    """How long a fill lease lasts (an upper bound on one PostgreSQL read)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
