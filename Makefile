@@ -25,7 +25,7 @@ run: $(STAMP)
 	$(BIN)/python -m securecache dev --serve
 
 test: $(STAMP)
-	$(BIN)/nox -s lint typecheck tests tests_system
+	$(BIN)/nox -s lint typecheck tests tests_system tests_cluster
 
 lint: $(STAMP)
 	$(BIN)/nox -s lint

@@ -77,6 +77,30 @@ def tests_system(session: nox.Session) -> None:
     session.run("pytest", *session.posargs, env=env)
 
 
+CLUSTER_SUITE = (
+    "tests/test_library.py",
+    "tests/test_consistency.py",
+    "tests/test_fail_open.py",
+    "tests/test_resilience.py",
+    "tests/test_stateful.py",
+    "tests/test_audit.py",
+    "tests/test_near_cache.py",
+    "tests/test_attacks_redis.py",
+    "tests/test_attacks_postgres.py",
+    "tests/test_cache_backend.py",
+    "tests/test_herd_across_processes.py",
+)
+"""The library's suite: what must hold on a Redis Cluster as on one Redis."""
+
+
+@nox.session
+def tests_cluster(session: nox.Session) -> None:
+    """The library suite on a real local Redis Cluster (three masters it starts itself)."""
+    _install(session, "test")
+    env = {"SECURECACHE_TEST_REDIS_CLUSTER": "1"}
+    session.run("pytest", *(session.posargs or CLUSTER_SUITE), env=env)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """securecache beside bare redis-py, a naive cache-aside, other Python caches and a

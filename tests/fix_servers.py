@@ -24,6 +24,7 @@ import pytest
 import redis
 from psycopg import sql
 
+from fix_cluster import RedisTarget, delete_prefix
 from securecache.ops.defaults import STATE_DIR_NAME
 from securecache.ops.dev import (
     EmbeddedServers,
@@ -248,28 +249,22 @@ def make_securities(admin_conn: psycopg.Connection[tuple[Any, ...]]) -> MakeSecu
 
 
 @pytest.fixture
-def key_prefix(servers: ServerInfo) -> Iterator[str]:
+def key_prefix(redis_target: RedisTarget) -> Iterator[str]:
     """A Redis key prefix of this test; every ``<prefix>:*`` key is deleted afterwards."""
     prefix = "t" + secrets.token_hex(4)
     yield prefix
-    client = redis.Redis.from_url(servers.redis_url)
+    client = redis_target.admin_client()
     try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                client.delete(*batch)
-                batch.clear()
-        if batch:
-            client.delete(*batch)
+        delete_prefix(client, prefix)
     finally:
         client.close()
 
 
 @pytest.fixture
-def redis_admin(servers: ServerInfo) -> Iterator[redis.Redis]:
-    """A plain client on the session's Redis, as its administrator."""
-    client = redis.Redis.from_url(servers.redis_url)
+def redis_admin(redis_target: RedisTarget) -> Iterator[redis.Redis]:
+    """A client on the session's Redis (a cluster client in cluster mode), as its
+    administrator."""
+    client = redis_target.admin_client()
     try:
         yield client
     finally:
@@ -277,8 +272,11 @@ def redis_admin(servers: ServerInfo) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def settings(database: Database, servers: ServerInfo, key_prefix: str) -> Settings:
+def settings(database: Database, redis_target: RedisTarget, key_prefix: str) -> Settings:
     """Library settings for this test: the writer's URL and a private key prefix."""
     return Settings(
-        database_url=database.writer_url, redis_url=servers.redis_url, key_prefix=key_prefix
+        database_url=database.writer_url,
+        redis_url=redis_target.url,
+        redis_cluster=redis_target.cluster,
+        key_prefix=key_prefix,
     )

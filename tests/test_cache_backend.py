@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis
 
+from fix_cluster import RedisTarget
 from interposed import Interposed
 from securecache.breaker import CircuitBreaker
 from securecache.cache import (
@@ -26,7 +27,6 @@ from securecache.cache import (
     connect,
 )
 from securecache.keys import KeyScheme, Kind
-from securecache.ops.dev import ServerInfo
 from securecache.readthrough import CacheBackend
 from securecache.telemetry import Telemetry
 
@@ -39,11 +39,11 @@ WRAPPERS: dict[str, Callable[[RedisCache], CacheBackend]] = {
 
 @pytest.fixture(params=sorted(WRAPPERS))
 async def backend(
-    request: pytest.FixtureRequest, servers: ServerInfo, key_prefix: str
+    request: pytest.FixtureRequest, redis_target: RedisTarget, key_prefix: str
 ) -> AsyncIterator[CacheBackend]:
-    """A backend on the session's Redis, announcing on the test prefix's channel."""
+    """A backend on the session's Redis (or cluster), announcing on the prefix's channel."""
     cache = RedisCache(
-        connect(servers.redis_url, cluster=False, timeout=1.0, max_connections=4),
+        connect(redis_target.url, cluster=redis_target.cluster, timeout=1.0, max_connections=4),
         Telemetry(),
         CircuitBreaker(5, 1.0),
         channel=KeyScheme(key_prefix).channel,

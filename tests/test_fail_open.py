@@ -218,6 +218,7 @@ def outage_settings(settings: Settings, server: PrivateRedis) -> Settings:
     """Short timeouts, a breaker that opens at the first failure and probes again soon."""
     return settings.with_changes(
         redis_url=server.url,
+        redis_cluster=False,  # a single server of the test's own, to stop and restart
         redis_timeout_seconds=0.2,
         breaker_failures=1,
         breaker_reset_seconds=0.5,

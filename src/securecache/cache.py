@@ -31,7 +31,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import NoPermissionError, NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 
 from securecache.breaker import CircuitBreaker
 from securecache.keys import Kind
@@ -125,6 +131,10 @@ SCRIPTS: Final = {LOOKUP_SHA: LOOKUP_SCRIPT, CAS_SHA: CAS_SCRIPT, SETTLE_SHA: SE
 """Every script the library runs, by digest: what the ACL lets service users EVALSHA, and
 what ``securecache redis-scripts`` loads as an administrator."""
 
+REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
+"""Everything that means "Redis did not answer", the cluster client's own errors included
+(``RedisClusterException`` is no ``RedisError``): caught, counted, and failed open."""
+
 REPLAY_CHUNK: Final = 500
 """Keys per DEL when replaying invalidations owed from an outage."""
 
@@ -171,8 +181,9 @@ def connect(url: str, *, cluster: bool, timeout: float, max_connections: int) ->
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         # One retry on a fresh connection heals a pool whose connections died with a
-        # restarted Redis; more would only delay the fall-through to PostgreSQL.
-        "retry": Retry(NoBackoff(), 1),
+        # restarted Redis; more would only delay the fall-through to PostgreSQL. A timeout is
+        # not retried: a Redis that did not answer in time will not answer the retry either.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "max_connections": max_connections,
         # No CLIENT SETINFO on connect: one command fewer for the ACL to allow.
         **_NO_CLIENT_SETINFO,
@@ -224,7 +235,7 @@ class RedisCache:
                 if self._dirty:
                     await self._replay_invalidations()
                 result = await fn()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 self._breaker.failure()
                 self._telemetry.redis_errors.add(1, {"db.operation.name": operation})
                 span.set_attribute("error.type", type(exc).__name__)
