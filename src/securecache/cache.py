@@ -5,14 +5,34 @@ only while the writer's lease stands and nothing newer is there. The lease close
 version check alone cannot: an invalidation, a flush or a Redis restart empties the key while
 an older fill or a delayed write-through is in flight; all of them also remove the lease, so
 that write is refused. Readers take a lease only if none is held (``SET NX``) before they read
-PostgreSQL; writers take it over (plain ``SET``) before they commit, which voids every fill
-in flight. A writer that finds its lease gone cannot know whether its version is still the
-newest, so it deletes the entry instead of storing it: the next read fills from PostgreSQL.
+PostgreSQL (in the same script call as the lookup, :data:`LOOKUP_SCRIPT`); writers take it
+over (plain ``SET``) before they commit, which voids every fill in flight. A writer that finds
+its lease gone cannot know whether its version is still the newest, so it deletes the entry
+instead of storing it: the next read fills from PostgreSQL.
 
 Redis is an optimisation, never a dependency: every failure is caught here, counted, and
-reported as "no answer" (a miss, a refused lease, a write not done). A circuit breaker stops
-calling a Redis that keeps failing; keys whose update could not be made are remembered and
-deleted as soon as Redis answers again, so no stale value survives an outage.
+reported as "no answer" (a miss, a refused lease, a write not done). That includes the errors
+of redis-py's cluster client that are no ``RedisError``. A circuit breaker
+(:mod:`securecache.breaker`) stops calling a Redis that keeps failing; keys whose update could
+not be made are remembered and deleted as soon as Redis answers again, so no stale value
+survives an outage.
+
+Each operation has one deadline (the client's socket timeout, ``redis_timeout_seconds``),
+whatever happens inside it: the retry on a fresh connection, a cluster client refreshing its
+view of the slots. A hung Redis therefore costs a caller one timeout per round trip, never one
+per attempt; a timed-out attempt is not retried at all, only a dead connection is.
+
+The invalidations owed from an outage are bounded (:data:`MAX_DEBTS` keys). When an outage
+outgrows that, the list is dropped and instead this process stops reading Redis for as long as
+any entry written before that moment can live (the longest entry TTL): reads go to
+PostgreSQL. What is given up is only the early clean-up of those entries for other processes,
+which then see them for at most one TTL: the same bound as when a writer exits before it
+could replay its list.
+
+On a Redis Cluster every key of one security id carries the id as a hash tag, so the value
+and its lease share a slot and each script runs on the node that holds both; lookups are one
+script call per slot, pipelines are split per node by redis-py, and scripts run with
+``EVALSHA`` through ``execute_command`` (redis-py's cluster pipeline refuses its ``evalsha``).
 """
 
 from __future__ import annotations
@@ -22,7 +42,8 @@ import hashlib
 import importlib.util
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -137,6 +158,10 @@ REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutErro
 
 REPLAY_CHUNK: Final = 500
 """Keys per DEL when replaying invalidations owed from an outage."""
+MAX_DEBTS: Final = 50_000
+"""Most keys owed a deletion that one process remembers (a few MB); see the module doc."""
+DEFAULT_ENTRY_TTL_BOUND: Final = 330.0
+"""Longest life of an entry, in seconds, unless told: the default TTL and its largest jitter."""
 
 STORED: Final = 0
 REFUSED_LEASE: Final = -1
@@ -203,7 +228,14 @@ class RedisCache:
         breaker: CircuitBreaker,
         *,
         channel: str | None = None,
+        deadline: float | None = None,
+        max_debts: int = MAX_DEBTS,
+        entry_ttl_bound: float = DEFAULT_ENTRY_TTL_BOUND,
     ) -> None:
+        """``deadline``: longest time one operation may take, retries included (default: the
+        client's socket timeout). ``max_debts``: most keys remembered for deletion after an
+        outage. ``entry_ttl_bound``: longest life of any entry (TTL plus jitter), which is how
+        long reads bypass Redis once the debts overflowed."""
         self._client = client
         self._channel = channel
         """The near caches' invalidation channel; None when no process uses a near cache."""
@@ -212,20 +244,56 @@ class RedisCache:
         """True while Redis lacks the scripts and this user may not load them."""
         self._telemetry = telemetry
         self._breaker = breaker
-        self._dirty: set[str] = set()
+        self._deadline = deadline if deadline is not None else _socket_timeout(client)
+        self._max_debts = max_debts
+        self._entry_ttl_bound = entry_ttl_bound
+        self._dirty: dict[str, int] = {}
+        """Keys whose update failed (and when, as a sequence number): deleted once Redis
+        answers again. A key owed again while its deletion is in flight keeps its debt."""
+        self._debt_seq = 0
         self._replaying = asyncio.Lock()
-        """Keys whose write-through failed: deleted once Redis answers again."""
+        self._bypass_until = 0.0
+        """Reads do not trust Redis before this (monotonic) time: the debts overflowed."""
 
     @property
     def degraded(self) -> bool:
-        """True while the breaker is open or invalidations are waiting to be replayed."""
-        return self._breaker.is_open or bool(self._dirty) or self.scripts_missing
+        """True while the breaker is open, invalidations wait to be replayed, reads bypass
+        Redis after an outage too large to remember, or the scripts are missing."""
+        return self._breaker.is_open or bool(self._dirty) or self.bypassing or self.scripts_missing
+
+    @property
+    def bypassing(self) -> bool:
+        """True while reads skip Redis because the debts of an outage overflowed."""
+        return time.monotonic() < self._bypass_until
+
+    @property
+    def debts(self) -> int:
+        """Keys currently owed a deletion."""
+        return len(self._dirty)
+
+    def _owe(self, keys: Iterable[str], ttl_ms: int = 0) -> None:
+        """Remember keys to delete once Redis answers; past the bound, bypass reads instead."""
+        for key in keys:
+            self._debt_seq += 1
+            self._dirty[key] = self._debt_seq
+        if len(self._dirty) > self._max_debts:
+            bound = max(self._entry_ttl_bound, ttl_ms / 1000)
+            log.warning(
+                "redis: %d invalidations owed exceed the bound of %d; reads bypass Redis "
+                "for %.0f s (the longest entry life) instead",
+                len(self._dirty),
+                self._max_debts,
+                bound,
+            )
+            self._dirty.clear()
+            self._bypass_until = max(self._bypass_until, time.monotonic() + bound)
 
     async def close(self) -> None:
         await self._client.aclose()
 
     async def _call(self, operation: str, fn: Callable[[], Awaitable[T]], fallback: T) -> T:
-        """Run one round trip under the breaker; on any Redis failure return ``fallback``."""
+        """Run one round trip under the breaker and one deadline; on any Redis failure
+        return ``fallback``."""
         if not self._breaker.allow():
             return fallback
         with self._telemetry.client_span(operation, "redis", operation) as span:
@@ -234,7 +302,8 @@ class RedisCache:
                 # to Redis while an entry that may be stale is still there.
                 if self._dirty:
                     await self._replay_invalidations()
-                result = await fn()
+                async with asyncio.timeout(self._deadline):
+                    result = await fn()
             except REDIS_FAILURES as exc:
                 self._breaker.failure()
                 self._telemetry.redis_errors.add(1, {"db.operation.name": operation})
@@ -285,8 +354,10 @@ class RedisCache:
 
         One script call per hash slot (one in all on a single Redis). Each result is the
         entry (None: no entry, or none this library wrote) and LEASE_TAKEN, LEASE_HELD or
-        NO_LEASE_NEEDED. None when Redis does not answer.
+        NO_LEASE_NEEDED. None when Redis does not answer, or while reads bypass it.
         """
+        if self.bypassing:
+            return None
 
         def calls() -> list[ScriptCall]:
             return [
@@ -343,7 +414,10 @@ class RedisCache:
         results = await self._call("EVALSHA cas", run, no_answer)
         if not results:
             if write_through:
-                self._dirty.update(k for w in writes for k in (w.key, w.lease_key))
+                self._owe(
+                    (k for w in writes for k in (w.key, w.lease_key)),
+                    max(w.ttl_ms for w in writes),
+                )
             return [REFUSED_LEASE] * len(writes)
         return results
 
@@ -364,7 +438,7 @@ class RedisCache:
         no_answer: list[int] = []
         results = await self._call("EVALSHA settle", run, no_answer)
         if not results:
-            self._dirty.update(k for key, lease, _ in targets for k in (key, lease))
+            self._owe((k for key, lease, _ in targets for k in (key, lease)), ttl_ms)
         return results
 
     async def _scripts(
@@ -437,18 +511,28 @@ class RedisCache:
 
         done = await self._call("DEL", run, False)
         if not done:
-            self._dirty.update(keys)
+            self._owe(keys)
         return done
 
     async def _replay_invalidations(self) -> None:
         """Delete the keys whose updates were lost while Redis was away (raises if it fails).
 
-        One replay at a time (the others wait for it rather than repeat it), in chunks so
-        that no single DEL outlasts the socket timeout.
+        One replay at a time (the others wait for it rather than repeat it), in chunks, each
+        under the deadline of one operation. A key owed again while its DEL was in flight
+        stays owed.
         """
         async with self._replaying:
             while self._dirty:
-                chunk = list(itertools.islice(self._dirty, REPLAY_CHUNK))
-                await self._client.delete(*chunk)
-                self._dirty.difference_update(chunk)
+                chunk = list(itertools.islice(self._dirty.items(), REPLAY_CHUNK))
+                async with asyncio.timeout(self._deadline):
+                    await self._client.delete(*(key for key, _ in chunk))
+                for key, seq in chunk:
+                    if self._dirty.get(key) == seq:
+                        del self._dirty[key]
                 log.info("redis: replayed %d invalidations owed from an outage", len(chunk))
+
+
+def _socket_timeout(client: RedisClient) -> float:
+    """The socket timeout the client was built with: the natural deadline of one operation."""
+    timeout = client.get_connection_kwargs().get("socket_timeout")
+    return float(timeout) if isinstance(timeout, int | float) and timeout > 0 else 1.0

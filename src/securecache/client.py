@@ -197,6 +197,7 @@ class SecureCache:
                 # Writers announce changes whether or not they keep a near cache themselves:
                 # the processes that read may.
                 channel=self._keys.channel,
+                entry_ttl_bound=s.ttl_seconds * (1 + s.ttl_jitter),
             )
             if s.redis_url
             else None
