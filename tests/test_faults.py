@@ -12,14 +12,17 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
+from faultproxy import FaultProxy, Mode
 from fix_cluster import RedisProcess
-from fix_servers import MakeSecurities
-from securecache import ScoreUpdate, SecureCache, Settings
+from fix_servers import Database, MakeSecurities
+from securecache import ScoreUpdate, SecureCache, Settings, UnavailableError
 
 READERS = 16
 
@@ -141,3 +144,66 @@ async def test_outage_debts_are_bounded_and_reads_bypass_redis_past_the_bound(
         i: w.score.version for i, w in written.items()
     }
     assert all(after[i].version == before[i].version + 1 for i in ids)
+
+
+async def test_postgresql_unreachable_then_back(
+    settings: Settings, make_securities: MakeSecurities, database: Database
+) -> None:
+    """PostgreSQL cut off for 5 s (every connection dropped, new ones refused) under load:
+    cached reads keep working, a write fails with UnavailableError within the configured
+    timeout and changes nothing, and once PostgreSQL is back the first uncached read takes
+    under a second (no pool waiting out its reconnect back-off)."""
+    cached_ids = make_securities(20, with_scores=True)
+    cold_ids = make_securities(5, with_scores=True)
+    url = urlsplit(database.writer_url)
+    proxy = FaultProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    credentials = url.netloc.rpartition("@")[0]
+    through = settings.with_changes(
+        database_url=urlunsplit(url._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}")),
+        db_timeout_seconds=2.0,
+    )
+    failed_reads: list[BaseException] = []
+    stop = asyncio.Event()
+    try:
+        async with SecureCache(through) as cache:
+            assert len(await cache.scores.get_many(cached_ids)) == 20
+
+            async def read() -> None:
+                while not stop.is_set():
+                    try:
+                        assert await cache.scores.get(random.choice(cached_ids)) is not None
+                    except BaseException as exc:
+                        failed_reads.append(exc)
+                    await asyncio.sleep(0.005)
+
+            readers = [asyncio.create_task(read()) for _ in range(READERS)]
+            proxy.set(Mode.REFUSE)
+            started = time.monotonic()
+            with pytest.raises(UnavailableError):
+                await cache.scores.put(
+                    cold_ids[0], ScoreUpdate(growth=9.9, value=9.9, quality=9.9, momentum=9.9)
+                )
+            write_failed_in = time.monotonic() - started
+            await asyncio.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
+            proxy.set(Mode.PASS)
+            back = time.monotonic()
+            first = await cache.scores.get(cold_ids[1])
+            first_read = time.monotonic() - back
+            stop.set()
+            await asyncio.gather(*readers)
+    finally:
+        await proxy.stop()
+    print(
+        f"PostgreSQL outage: {len(failed_reads)} failed cached reads; the write failed in "
+        f"{write_failed_in:.2f} s; first uncached read after it took {first_read:.3f} s"
+    )
+    assert failed_reads == []
+    assert write_failed_in < through.db_timeout_seconds + 1.0
+    assert first is not None
+    assert first_read < 1.0
+    with psycopg.connect(database.admin_url) as conn:  # the failed write changed nothing
+        row = conn.execute(
+            "SELECT version FROM securecache.score WHERE security_id = %s", (cold_ids[0],)
+        ).fetchone()
+    assert row == (1,)

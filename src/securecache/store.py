@@ -7,6 +7,7 @@ that cannot be had in ``db_timeout_seconds`` or a server that stops answering be
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -54,6 +55,8 @@ SET growth = EXCLUDED.growth, value = EXCLUDED.value,
     quality = EXCLUDED.quality, momentum = EXCLUDED.momentum
 RETURNING {_SCORE_COLUMNS}, (xmax = 0) AS created
 """  # noqa: S608
+_POOL_GLANCE_SECONDS: Final = 0.05
+"""How long a request waits on an empty pool before it connects by itself."""
 _ATTEMPTS: Final = 3
 """Tries of a write transaction that lost a deadlock or serialization conflict."""
 _UPDATE_SCORE_IF_VERSION: Final = f"""
@@ -118,15 +121,32 @@ def _score(row: Sequence[Any]) -> Score:
 class Store:
     """Reads and writes the ``securecache`` schema through a connection pool."""
 
-    def __init__(self, pool: AsyncConnectionPool, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        telemetry: Telemetry,
+        *,
+        direct: tuple[str, dict[str, Any], float] | None = None,
+    ) -> None:
         self._pool = pool
         self._telemetry = telemetry
+        self._direct = direct
+        """How to open a connection without the pool (see :meth:`_checkout`)."""
+        self._spares = asyncio.Semaphore(pool.max_size)
+        self._recovering = False
+        """True from a failure to reach PostgreSQL until the pool hands a connection over."""
 
     @classmethod
     def create(
         cls, url: str, telemetry: Telemetry, *, min_size: int, max_size: int, timeout: float
     ) -> Store:
         """A store whose pool connects in the background (see :meth:`open`)."""
+        # Autocommit: each read is one statement; writes open explicit transactions.
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(timeout)),
+            "options": session_options(timeout),
+        }
         pool = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -136,15 +156,10 @@ class Store:
             # A connection that died with a restarted server is replaced on checkout
             # instead of failing one request.
             check=AsyncConnectionPool.check_connection,
-            # Autocommit: each read is one statement; writes open explicit transactions.
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(1, round(timeout)),
-                "options": session_options(timeout),
-            },
+            kwargs=kwargs,
             name="securecache",
         )
-        return cls(pool, telemetry)
+        return cls(pool, telemetry, direct=(url, kwargs, timeout))
 
     async def open(self) -> None:
         """Start the pool without waiting: cached reads work while PostgreSQL is away."""
@@ -163,12 +178,48 @@ class Store:
             span.set_attribute("db.collection.name", f"securecache.{table}")
             self._telemetry.db_queries.add(1, {"db.operation.name": operation})
             try:
-                async with self._pool.connection() as conn:
+                async with self._checkout() as conn:
                     yield conn
             except PoolTimeout as exc:
+                self._recovering = True
                 raise UnavailableError("the database did not answer in time") from exc
-            except (psycopg.OperationalError, pg_errors.QueryCanceled) as exc:
+            except (psycopg.OperationalError, pg_errors.QueryCanceled, TimeoutError) as exc:
+                self._recovering = True
                 raise UnavailableError("the database is unavailable") from exc
+
+    @asynccontextmanager
+    async def _checkout(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection from the pool; or, after PostgreSQL was unreachable and until the pool
+        hands a connection over again, one of our own if the pool cannot at once.
+
+        After an outage the pool retries its connections on a back-off (1, 2, 4 s...), so
+        for seconds after PostgreSQL is back every request would wait for the pool's next
+        attempt, though a new connection would answer in milliseconds. Such a request opens
+        its own (at most as many at once as the pool's size) and closes it after use; the
+        pool refills on its own schedule. Otherwise requests wait for a pooled connection as
+        usual: busy is not down.
+        """
+        if self._direct is None or not self._recovering:
+            async with self._pool.connection() as conn:
+                yield conn
+            return
+        url, kwargs, timeout = self._direct
+        try:
+            pooled = await self._pool.getconn(timeout=_POOL_GLANCE_SECONDS)
+        except PoolTimeout:
+            pooled = None
+        if pooled is None:
+            async with self._spares:
+                async with asyncio.timeout(timeout):
+                    spare = await psycopg.AsyncConnection.connect(url, **kwargs)
+                async with spare:
+                    yield spare
+            return
+        self._recovering = False
+        try:
+            yield pooled
+        finally:
+            await self._pool.putconn(pooled)
 
     async def ping(self) -> None:
         """Raise UnavailableError unless PostgreSQL answers a trivial query."""
