@@ -258,6 +258,10 @@ class RequestTelemetry:
                 meter_provider=meter_provider or metrics.NoOpMeterProvider(),
                 excluded_urls=self._excluded_urls,
                 default_span_details=self._span_details,
+                # No span per ASGI message ("http send"/"http receive"): two more spans a
+                # request that say nothing the request's span does not, at a third of the
+                # server's tracing cost (measured with cProfile on GET /securities/{id}).
+                exclude_spans=["receive", "send"],
             )
             built = self._built = (tracer_provider, meter_provider, middleware)
         await built[2](scope, receive, send)
