@@ -239,10 +239,11 @@ class ReadThrough(Generic[R]):
             return
         contested = [i for i in misses if leases[i] == LEASE_HELD]
         if contested and self._lease_wait > 0:
-            for id_, record in (await self._await_fills(contested, token, leases)).items():
+            filled = await self._await_fills(contested, token, leases)
+            for id_, record in filled.items():
                 _resolve(batch[id_], record, "redis")
                 self._remember(id_, record, ticket)
-                misses.remove(id_)
+            misses = [i for i in misses if i not in filled]
             if not misses:
                 return
         rows = await self._fetch(misses)
