@@ -13,8 +13,9 @@ import psycopg
 import pytest
 import redis
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from counters import counter_totals
 from fix_servers import MakeSecurities
 from securecache import Score, SecureCache, Settings, codec
 from securecache.keys import KeyScheme, Kind
@@ -32,19 +33,8 @@ def metrics() -> Iterator[tuple[MeterProvider, InMemoryMetricReader]]:
 
 
 def counted(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
-    """Sum of a counter's points, by their ``securecache.audit.kind`` (or "" without one)."""
-    totals: dict[str, int] = {}
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name != name:
-                    continue
-                for point in metric.data.data_points:
-                    kind = str((point.attributes or {}).get("securecache.audit.kind", ""))
-                    assert isinstance(point, NumberDataPoint)
-                    totals[kind] = totals.get(kind, 0) + int(point.value)
-    return totals
+    """A counter's totals by ``securecache.audit.kind`` ("" without one)."""
+    return counter_totals(reader, name, by="securecache.audit.kind")
 
 
 def plant(redis_admin: redis.Redis, prefix: str, score: Score, version: int, growth: float) -> str:

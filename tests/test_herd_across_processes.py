@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from counters import counter_total
 from fix_servers import Database, MakeSecurities
 from securecache import SecureCache, Settings
 
@@ -21,18 +22,7 @@ GETS = 500
 
 def _queries(reader: Any) -> int:
     """PostgreSQL statements counted so far by the library's own counter."""
-    from opentelemetry.sdk.metrics.export import NumberDataPoint
-
-    total = 0
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == "securecache.db.queries":
-                    for point in metric.data.data_points:
-                        assert isinstance(point, NumberDataPoint)
-                        total += int(point.value)
-    return total
+    return counter_total(reader, "securecache.db.queries")
 
 
 def _herd(settings: Settings, sid: str, gets: int, start: Barrier) -> tuple[int, float, int]:
