@@ -26,12 +26,13 @@ SCRIPT_COMMANDS: Final = tuple(f"evalsha|{sha}" for sha in sorted(SCRIPTS))
 """One first-argument rule per script the library ships (Redis 6.2 and 7 alike)."""
 CLUSTER_COMMANDS: Final = (
     "cluster|slots",
-    "cluster|shards",
-    "cluster|nodes",
-    "readonly",
     "command",
+    "asking",
 )
-"""The extra commands redis-py's cluster client uses to learn the topology."""
+"""The extra commands redis-py's cluster client sends: CLUSTER SLOTS to learn the topology,
+COMMAND to learn where each command's keys are, ASKING to follow a key whose slot is being
+migrated. It reads from primaries only, so READONLY is never sent; nor SELECT (a cluster has
+one database)."""
 
 
 def setuser_rules(
