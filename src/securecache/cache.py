@@ -17,10 +17,11 @@ of redis-py's cluster client that are no ``RedisError``. A circuit breaker
 not be made are remembered and deleted as soon as Redis answers again, so no stale value
 survives an outage.
 
-Each operation has one deadline (the client's socket timeout, ``redis_timeout_seconds``),
-whatever happens inside it: the retry on a fresh connection, a cluster client refreshing its
-view of the slots. A hung Redis therefore costs a caller one timeout per round trip, never one
-per attempt; a timed-out attempt is not retried at all, only a dead connection is.
+Each operation has one deadline (twice the client's socket timeout, ``redis_timeout_seconds``:
+room for a new connection and one round trip), whatever happens inside it: the retry on a
+fresh connection, loading a script Redis lost, a cluster client refreshing its view of the
+slots. A hung Redis therefore costs a caller at most that deadline per round trip, never one
+timeout per attempt; a timed-out attempt is not retried at all, only a dead connection is.
 
 The invalidations owed from an outage are bounded (:data:`MAX_DEBTS` keys). When an outage
 outgrows that, the list is dropped and instead this process stops reading Redis for as long as
@@ -545,6 +546,7 @@ class RedisCache:
 
 
 def _socket_timeout(client: RedisClient) -> float:
-    """The socket timeout the client was built with: the natural deadline of one operation."""
+    """The deadline of one operation: twice the client's socket timeout (a connection to open
+    and a round trip; a lone round trip on a busy machine may take a whole timeout)."""
     timeout = client.get_connection_kwargs().get("socket_timeout")
-    return float(timeout) if isinstance(timeout, int | float) and timeout > 0 else 1.0
+    return 2 * float(timeout) if isinstance(timeout, int | float) and timeout > 0 else 1.0
