@@ -164,19 +164,16 @@ class Subscription:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # any failure: bypass, then subscribe again
+            except Exception as exc:  # any failure: bypassed already, subscribe again
                 delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
                 failures += 1
                 log.warning("near cache: invalidation channel lost (%s); bypassed", exc)
                 await asyncio.sleep(delay)
-            finally:
-                self.subscribed.clear()
-                self._near.clear(usable=False)
 
     async def _listen(self) -> None:
         client = self._connect()
+        pubsub = client.pubsub()
         try:
-            pubsub = client.pubsub()
             await pubsub.subscribe(self._channel)
             # Invalidations published before the subscription took effect were not seen.
             self._near.clear(usable=True)
@@ -186,5 +183,10 @@ class Subscription:
                     self._near.invalidate(decode_keys(message["data"]))
             raise ConnectionError("the subscription ended")
         finally:
+            # At once, before any reconnect delay: invalidations may be missed from now on.
+            self.subscribed.clear()
+            self._near.clear(usable=False)
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
             with contextlib.suppress(Exception):
                 await client.aclose()
