@@ -120,7 +120,8 @@ def outage_settings(settings: Settings, server: RedisProcess) -> Settings:
     return settings.with_changes(
         redis_url=server.url,
         redis_cluster=False,  # a single server of the test's own, to stop and restart
-        redis_timeout_seconds=0.2,
+        # Short, but not so short that a busy machine's first connection counts as an outage.
+        redis_timeout_seconds=0.5,
         breaker_failures=1,
         breaker_reset_seconds=0.5,
     )
