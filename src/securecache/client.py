@@ -269,6 +269,7 @@ class SecureCache:
                 self._keys,
                 floor_ttl_ms=round(s.ttl_seconds * 1000),
                 timeout=s.db_timeout_seconds,
+                on_change=self._near.invalidate if self._near is not None else None,
             )
             if s.listen_changes and self._cache is not None
             else None

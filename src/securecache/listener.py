@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
@@ -67,8 +67,12 @@ class ChangeListener:
         floor_ttl_ms: int,
         catch_up_margin: timedelta = timedelta(seconds=60),
         timeout: float = 5.0,
+        on_change: Callable[[Sequence[tuple[Kind, str]]], None] | None = None,
     ) -> None:
+        """``on_change`` hears the ids of each applied batch at once (this process's near
+        cache); other processes learn of them from the announcement on Redis."""
         self._url = url
+        self._on_change = on_change
         self._timeout = timeout
         self._cache = cache
         self._keys = keys
@@ -148,8 +152,11 @@ class ChangeListener:
                 for kind, id_, version in chunk
             ]
             await self._cache.settle(targets, self._floor_ttl_ms)
+            changed_ids = [(kind, id_) for kind, id_, _ in chunk]
+            if self._on_change is not None:
+                self._on_change(changed_ids)
             # Near caches in every process let go of these ids too.
-            await self._cache.announce([(kind, id_) for kind, id_, _ in chunk])
+            await self._cache.announce(changed_ids)
         self.applied += len(changed)
 
 
