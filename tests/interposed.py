@@ -24,6 +24,9 @@ class Interposed:
         self.before_write_through: Hook | None = None
         """Runs after a write committed, before it stores the new version."""
 
+    async def entries(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        return await self.inner.entries(keys)
+
     async def lookup(
         self, pairs: Sequence[tuple[str, str]], token: str, lease_ms: int
     ) -> list[tuple[bytes | None, int]] | None:

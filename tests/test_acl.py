@@ -12,8 +12,9 @@ import pytest
 import redis
 from redis.exceptions import NoPermissionError
 
+from entries import holds
 from fix_servers import MakeSecurities
-from securecache import ConfigurationError, ScoreUpdate, SecureCache, Settings, codec
+from securecache import ConfigurationError, ScoreUpdate, SecureCache, Settings
 from securecache.cache import SCRIPTS
 from securecache.keys import KeyScheme, Kind
 from securecache.ops.acl import CLUSTER_COMMANDS, LIBRARY_COMMANDS, acl_file_line, setuser_rules
@@ -26,13 +27,13 @@ def test_rules_start_from_nothing_and_grant_only_the_library_commands() -> None:
     assert rules[0] == "reset"
     assert "on" in rules
     assert ">pw123" in rules
-    assert "~app:v1:*" in rules
+    assert "~app:v2:*" in rules
     assert "resetchannels" in rules
     assert rules.index("-@all") < min(rules.index(f"+{c}") for c in LIBRARY_COMMANDS)
     grants = {r[1:] for r in rules if r.startswith("+")}
     assert grants == set(LIBRARY_COMMANDS) | {f"evalsha|{sha}" for sha in SCRIPTS}
-    assert [r for r in rules if r.startswith("~")] == ["~app:v1:*"]
-    assert [r for r in rules if r.startswith("&")] == ["&app:v1:near"]  # near-cache channel
+    assert [r for r in rules if r.startswith("~")] == ["~app:v2:*"]
+    assert [r for r in rules if r.startswith("&")] == ["&app:v2:near"]  # near-cache channel
     assert not [r for r in rules if r.startswith(("%", "allkeys", "allcommands", "allchannels"))]
     assert "nopass" not in rules
 
@@ -78,7 +79,7 @@ def test_acl_file_line() -> None:
     """acl_file_line is the same rules as one 'user <name> ...' line of an aclfile."""
     line = acl_file_line("svc", "pw", "app", cluster=True)
     assert line == " ".join(["user", "svc", *setuser_rules("pw", "app", cluster=True)])
-    assert line.startswith("user svc reset on >pw ~app:v1:* ")
+    assert line.startswith("user svc reset on >pw ~app:v2:* ")
 
 
 @pytest.mark.parametrize("password", ["pw ~* +@all", "pw\nuser evil on nopass +@all", "pw\t+@all"])
@@ -144,9 +145,7 @@ async def test_acl_user_can_run_the_library(
         security = await cache.securities.get(security_id)
         assert security is not None
         # Had the ACL refused anything, the library would have failed open and left no entry.
-        assert redis_admin.get(keys.value(Kind.SECURITY, security_id)) == codec.encode_entry(
-            security
-        )
+        assert holds(redis_admin.get(keys.value(Kind.SECURITY, security_id)), security)
         score = await cache.scores.put(
             security_id, ScoreUpdate(growth=1, value=2, quality=3, momentum=4)
         )

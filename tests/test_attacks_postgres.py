@@ -18,8 +18,9 @@ import pytest
 import redis
 from psycopg import sql
 
+from entries import decode
 from fix_servers import Database, MakeSecurities, create_database, drop_database
-from securecache import Score, ScoreUpdate, SecureCache, Settings, UnavailableError, codec
+from securecache import Score, ScoreUpdate, SecureCache, Settings, UnavailableError
 from securecache.breaker import CircuitBreaker
 from securecache.cache import RedisCache, connect
 from securecache.keys import KeyScheme, Kind
@@ -108,7 +109,7 @@ async def test_forged_notices_from_the_read_only_reader_move_nothing(
 
     raw = redis_admin.get(keys.value(Kind.SCORE, sid))
     assert isinstance(raw, bytes)
-    assert codec.decode_entry(Score, raw, sid) == cached  # not a floor at the forged version
+    assert decode(Score, raw, sid) == cached  # not a floor at the forged version
     assert redis_admin.exists(*(keys.value(Kind.SCORE, g) for g in ghosts)) == 0
     assert len(counting.calls) <= 3, counting.calls  # one batch, not one round trip a notice
 

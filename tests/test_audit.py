@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
 import psycopg
 import pytest
 import redis
@@ -16,6 +15,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from counters import counter_totals
+from entries import forged
 from fix_servers import MakeSecurities
 from securecache import Score, SecureCache, Settings, codec
 from securecache.keys import KeyScheme, Kind
@@ -41,7 +41,7 @@ def plant(redis_admin: redis.Redis, prefix: str, score: Score, version: int, gro
     """Write a well-formed score entry of our own making, with a TTL, as a Redis user could."""
     record = {**codec.to_dict(score), "version": version, "growth": growth}
     key = KeyScheme(prefix).value(Kind.SCORE, score.security_id)
-    redis_admin.set(key, b"%d|%s" % (version, orjson.dumps(record)), px=60_000)
+    redis_admin.set(key, forged(version, record, ttl_seconds=60), px=60_000)
     return key
 
 

@@ -12,7 +12,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from securecache import Score, Security, codec
-from securecache.codec import ABSENT, CORRUPT, MAX_ENTRY_BYTES
+from securecache.codec import ABSENT, CORRUPT, EXPIRED, FLOOR, MAX_ENTRY_BYTES, Marker
+
+NOW_MS = 1_780_000_000_000
+"""The decoding clock of these tests (Unix ms)."""
+HORIZON_MS = NOW_MS + 400_000
+"""The latest expiry served: now plus the longest entry life (as the read path computes it)."""
+EXPIRES = NOW_MS + 300_000
+HEAD2 = b"2|%d|" % EXPIRES
+HEAD3 = b"3|%d|" % EXPIRES
+
+
+def decode(kind: type[Any], raw: bytes | None, id_: str | None = None) -> Any:
+    """``codec.decode_entry`` at NOW_MS with HORIZON_MS."""
+    return codec.decode_entry(kind, raw, id_, now_ms=NOW_MS, horizon_ms=HORIZON_MS)
+
 
 ID_FIRST = string.ascii_letters + string.digits
 ids = st.builds(
@@ -72,17 +86,17 @@ SECURITY = Security(
 @given(securities)
 def test_security_entry_round_trip(record: Security) -> None:
     """Any valid Security encodes to an entry that decodes back to an equal record."""
-    entry = codec.encode_entry(record)
-    assert entry.startswith(b"%d|" % record.version)
-    assert codec.decode_entry(Security, entry) == record
+    entry = codec.encode_entry(record, EXPIRES)
+    assert entry.startswith(b"%d|%d|" % (record.version, EXPIRES))
+    assert decode(Security, entry) == record
 
 
 @given(scores)
 def test_score_entry_round_trip(record: Score) -> None:
     """Any valid Score encodes to an entry that decodes back to an equal record."""
-    entry = codec.encode_entry(record)
-    assert entry.startswith(b"%d|" % record.version)
-    assert codec.decode_entry(Score, entry) == record
+    entry = codec.encode_entry(record, EXPIRES)
+    assert entry.startswith(b"%d|%d|" % (record.version, EXPIRES))
+    assert decode(Score, entry) == record
 
 
 @given(records)
@@ -153,32 +167,69 @@ def test_timestamps_with_offsets_are_read_as_utc() -> None:
 
 
 def test_absent_marker() -> None:
-    """None encodes as the absent marker b'0|', which decodes as ABSENT with version 0."""
-    assert codec.encode_entry(None) == b"0|"
+    """None encodes as the absent marker b'0|<expires>|', which decodes as ABSENT with
+    version 0."""
+    assert codec.encode_entry(None, EXPIRES) == b"0|%d|" % EXPIRES
     assert codec.entry_version(None) == 0
     assert codec.entry_version(SCORE) == 3
-    assert codec.decode_entry(Score, b"0|") is ABSENT
-    assert codec.decode_entry(Security, b"0|") is ABSENT
+    assert decode(Score, b"0|%d|" % EXPIRES) is ABSENT
+    assert decode(Security, b"0|%d|" % EXPIRES) is ABSENT
+
+
+def test_an_entry_is_served_until_its_own_expiry() -> None:
+    """An entry (record or absent marker) whose expiry has passed is EXPIRED: a miss."""
+    for raw in (codec.encode_entry(SCORE, NOW_MS), codec.encode_entry(None, NOW_MS - 1)):
+        assert decode(Score, raw) is EXPIRED
+    assert decode(Score, codec.encode_entry(SCORE, NOW_MS + 1)) == SCORE
+
+
+def test_an_expiry_beyond_the_longest_entry_life_is_corrupt() -> None:
+    """A plant that would be served for longer than any entry the library writes (beyond
+    the horizon) is CORRUPT, so no planted entry outlives the longest TTL."""
+    assert decode(Score, codec.encode_entry(SCORE, HORIZON_MS)) == SCORE
+    assert decode(Score, codec.encode_entry(SCORE, HORIZON_MS + 1)) is CORRUPT
+    assert decode(Score, codec.encode_entry(None, HORIZON_MS + 1)) is CORRUPT
+    assert decode(Score, b"3|%d|{}" % (10**16)) is CORRUPT
+
+
+def test_a_floor_decodes_as_floor() -> None:
+    """The listener's floor b'<version>|~' is FLOOR (a miss), and a floor of version 0 is
+    CORRUPT."""
+    assert decode(Score, b"7|~") is FLOOR
+    assert decode(Score, b"0|~") is CORRUPT
+
+
+def test_decoding_is_remembered_by_the_exact_bytes_but_checked_per_key() -> None:
+    """The same bytes decode to the very same record (the memo); that record under another
+    id's key is still CORRUPT, and other bytes are decoded afresh."""
+    raw = codec.encode_entry(SCORE, EXPIRES)
+    first = decode(Score, bytes(raw), SCORE.security_id)
+    assert first == SCORE
+    assert decode(Score, bytes(raw), SCORE.security_id) is first
+    assert decode(Score, bytes(raw), "SEC999999") is CORRUPT
+    data = codec.to_dict(SCORE)
+    data["growth"] = 11.0
+    assert decode(Score, HEAD3 + orjson.dumps(data)) is CORRUPT
 
 
 def test_no_entry_decodes_to_none() -> None:
     """A missing key (None) is "not cached", distinct from ABSENT and CORRUPT."""
-    assert codec.decode_entry(Score, None) is None
+    assert decode(Score, None) is None
 
 
 @given(st.binary(max_size=MAX_ENTRY_BYTES * 2))
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     """Decoding any bytes at all yields a record or a marker, never an exception."""
-    security = codec.decode_entry(Security, raw)
-    assert security is ABSENT or security is CORRUPT or isinstance(security, Security)
-    score = codec.decode_entry(Score, raw)
-    assert score is ABSENT or score is CORRUPT or isinstance(score, Score)
+    security = decode(Security, raw)
+    assert isinstance(security, Marker | Security)
+    score = decode(Score, raw)
+    assert isinstance(score, Marker | Score)
 
 
-@given(st.binary(max_size=200).filter(lambda b: not b.startswith(b"0|")))
+@given(st.binary(max_size=200).filter(lambda b: not b.startswith(b"0|") and b"|~" not in b))
 def test_random_bytes_are_corrupt(raw: bytes) -> None:
     """Random bytes (other than the absent marker) are CORRUPT, not a record."""
-    assert codec.decode_entry(Score, raw) is CORRUPT
+    assert decode(Score, raw) is CORRUPT
 
 
 @pytest.mark.parametrize(
@@ -198,37 +249,44 @@ def test_random_bytes_are_corrupt(raw: bytes) -> None:
         b"3|\xff\xfe",
         b"0|x",
         b"0|{}",
+        b"0|",
+        b"3|1780000300000",
+        b"3||{}",
+        b"0|0|",
+        b"0|1780000300000|x",
+        b"3|-5|{}",
+        b"3|1e12|{}",
         b"\x00\x01\x02",
     ],
 )
 def test_malformed_entries_are_corrupt(raw: bytes) -> None:
     """Bad headers, bad JSON, empty bodies and junk after the absent marker are CORRUPT."""
-    assert codec.decode_entry(Score, raw) is CORRUPT
-    assert codec.decode_entry(Security, raw) is CORRUPT
+    assert decode(Score, raw) is CORRUPT
+    assert decode(Security, raw) is CORRUPT
 
 
 def test_oversized_entries_are_corrupt() -> None:
     """An entry over MAX_ENTRY_BYTES is refused even when its content would be valid."""
-    valid = codec.encode_entry(SECURITY)
+    valid = codec.encode_entry(SECURITY, EXPIRES)
     data = codec.to_dict(SECURITY)
     data["name"] = "x" * 200
-    padded = b"2|" + orjson.dumps(data) + b" " * (MAX_ENTRY_BYTES)
+    padded = HEAD2 + orjson.dumps(data) + b" " * (MAX_ENTRY_BYTES)
     assert len(padded) > MAX_ENTRY_BYTES
-    assert codec.decode_entry(Security, valid) == SECURITY
-    assert codec.decode_entry(Security, padded) is CORRUPT
+    assert decode(Security, valid) == SECURITY
+    assert decode(Security, padded) is CORRUPT
 
 
 @given(versions.filter(lambda v: v != 3))
 def test_header_version_must_match_the_body(header: int) -> None:
     """An entry whose header version differs from the record's version is CORRUPT."""
     body = orjson.dumps(codec.to_dict(SCORE))
-    assert codec.decode_entry(Score, b"%d|%s" % (header, body)) is CORRUPT
+    assert decode(Score, b"%d|%d|%s" % (header, EXPIRES, body)) is CORRUPT
 
 
 def test_entry_of_the_other_kind_is_corrupt() -> None:
     """A Score entry read as a Security (and vice versa) is CORRUPT, not half a record."""
-    assert codec.decode_entry(Security, codec.encode_entry(SCORE)) is CORRUPT
-    assert codec.decode_entry(Score, codec.encode_entry(SECURITY)) is CORRUPT
+    assert decode(Security, codec.encode_entry(SCORE, EXPIRES)) is CORRUPT
+    assert decode(Score, codec.encode_entry(SECURITY, EXPIRES)) is CORRUPT
 
 
 @pytest.mark.parametrize("field", ["security_id", "growth", "version", "updated_at"])
@@ -236,14 +294,14 @@ def test_missing_field_is_corrupt(field: str) -> None:
     """A body lacking any one field is CORRUPT."""
     data = codec.to_dict(SCORE)
     del data[field]
-    assert codec.decode_entry(Score, b"3|" + orjson.dumps(data)) is CORRUPT
+    assert decode(Score, HEAD3 + orjson.dumps(data)) is CORRUPT
 
 
 def test_extra_field_is_corrupt() -> None:
     """A body with a field the record does not have is CORRUPT (forbid_extra_keys)."""
     data = codec.to_dict(SCORE)
     data["admin"] = True
-    assert codec.decode_entry(Score, b"3|" + orjson.dumps(data)) is CORRUPT
+    assert decode(Score, HEAD3 + orjson.dumps(data)) is CORRUPT
 
 
 @pytest.mark.parametrize(
@@ -260,7 +318,7 @@ def test_rule_breaking_values_are_corrupt(field: str, bad: object) -> None:
     """Values that break the data model (range, id alphabet, naive stamp) are CORRUPT."""
     data = codec.to_dict(SCORE)
     data[field] = bad
-    assert codec.decode_entry(Score, b"3|" + orjson.dumps(data)) is CORRUPT
+    assert decode(Score, HEAD3 + orjson.dumps(data)) is CORRUPT
 
 
 # JSON values of the wrong type for each field. A number where text belongs, text or a bool
@@ -286,7 +344,7 @@ def test_wrong_json_types_are_corrupt(field: str, bad: object) -> None:
     """A field holding a JSON value of the wrong type makes the entry CORRUPT, not coerced."""
     data = codec.to_dict(SCORE)
     data[field] = bad
-    result = codec.decode_entry(Score, b"3|" + orjson.dumps(data))
+    result = decode(Score, HEAD3 + orjson.dumps(data))
     assert result is CORRUPT, f"{field}={bad!r} was accepted as {result!r}"
 
 
@@ -294,7 +352,7 @@ def test_wrong_type_for_text_fields_of_a_security_is_corrupt() -> None:
     """A Security whose name is a number is CORRUPT, not the string of that number."""
     data = codec.to_dict(SECURITY)
     data["name"] = 42
-    assert codec.decode_entry(Security, b"2|" + orjson.dumps(data)) is CORRUPT
+    assert decode(Security, HEAD2 + orjson.dumps(data)) is CORRUPT
 
 
 @given(records, st.data())
@@ -302,16 +360,16 @@ def test_truncated_entries_never_decode_to_a_different_record(
     record: Security | Score, data: st.DataObject
 ) -> None:
     """Cutting a valid entry short always gives CORRUPT, never a record."""
-    entry = codec.encode_entry(record)
+    entry = codec.encode_entry(record, EXPIRES)
     cut = data.draw(st.integers(min_value=0, max_value=len(entry) - 1))
-    assert codec.decode_entry(Security, entry[:cut]) is CORRUPT
-    assert codec.decode_entry(Score, entry[:cut]) is CORRUPT
+    assert decode(Security, entry[:cut]) is CORRUPT
+    assert decode(Score, entry[:cut]) is CORRUPT
 
 
 json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64)
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what orjson can write
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=300),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),

@@ -53,8 +53,9 @@ from deploy_k8s import (
     tool,
     workloads,
 )
+from entries import holds
 from fix_servers import MakeSecurities
-from securecache import ScoreUpdate, SecureCache, Settings, codec
+from securecache import ScoreUpdate, SecureCache, Settings
 from securecache.keys import KeyScheme, Kind
 from securecache.ops.acl import CLUSTER_COMMANDS, setuser_rules
 from securecache.ops.migrations import DEFAULT_CONNECTION_LIMIT
@@ -1106,7 +1107,7 @@ async def test_api_user_runs_the_library(
             security = await cache.securities.get(security_id)
             assert security is not None
             # Had the ACL refused anything, the library would have failed open and left no entry.
-            assert ops.get(keys.value(Kind.SECURITY, security_id)) == codec.encode_entry(security)
+            assert holds(ops.get(keys.value(Kind.SECURITY, security_id)), security)
             score = await cache.scores.put(
                 security_id, ScoreUpdate(growth=1, value=2, quality=3, momentum=4)
             )
@@ -1251,7 +1252,7 @@ async def test_manifest_loader_heals_a_redis_that_lost_the_scripts(
 
             security = await cache.securities.get(security_id)
             assert security is not None
-            assert ops.get(keys.value(Kind.SECURITY, security_id)) == codec.encode_entry(security)
+            assert holds(ops.get(keys.value(Kind.SECURITY, security_id)), security)
             assert (await cache.health()).redis == "ok"
 
 

@@ -24,6 +24,7 @@ from faultproxy import FaultProxy, Mode
 from fix_cluster import RedisProcess
 from fix_servers import Database, MakeSecurities
 from securecache import ScoreUpdate, SecureCache, Settings, UnavailableError
+from securecache.keys import KeyScheme, Kind
 
 READERS = 16
 
@@ -129,7 +130,7 @@ async def test_outage_debts_are_bounded_and_reads_bypass_redis_past_the_bound(
         assert redis_cache.bypassing
         assert (await cache.health()).redis == "degraded"
         # Redis still holds the old entries (nobody deleted them): none is served.
-        stale = own_redis.client().get(f"{ours.key_prefix}:v1:{{{ids[0]}}}:score")
+        stale = own_redis.client().get(KeyScheme(ours.key_prefix).value(Kind.SCORE, ids[0]))
         assert stale is not None
         after = await cache.scores.get_many(ids)
     assert {i: s.version for i, s in after.items()} == {

@@ -24,11 +24,11 @@ kinds = st.sampled_from(list(Kind))
 
 
 def test_key_layout_is_the_contract() -> None:
-    """Keys read sc:v1:{ID}:security and sc:v1:{ID}:score, leases add :lease."""
+    """Keys read sc:v2:{ID}:security and sc:v2:{ID}:score, leases add :lease."""
     keys = KeyScheme()
-    assert keys.value(Kind.SECURITY, "SEC000001") == "sc:v1:{SEC000001}:security"
-    assert keys.value(Kind.SCORE, "SEC000001") == "sc:v1:{SEC000001}:score"
-    assert keys.lease(Kind.SCORE, "SEC000001") == "sc:v1:{SEC000001}:score:lease"
+    assert keys.value(Kind.SECURITY, "SEC000001") == "sc:v2:{SEC000001}:security"
+    assert keys.value(Kind.SCORE, "SEC000001") == "sc:v2:{SEC000001}:score"
+    assert keys.lease(Kind.SCORE, "SEC000001") == "sc:v2:{SEC000001}:score:lease"
     assert keys.pattern == f"sc:{WIRE_VERSION}:*"
 
 
@@ -71,15 +71,15 @@ def test_parse_rejects_keys_of_another_prefix(
     "key",
     [
         "",
-        "sc:v1:",
-        "sc:v1:SEC1:score",
-        "sc:v1:{SEC1}:",
-        "sc:v1:{SEC1}:scores",
-        "sc:v1:{bad id}:score",
-        "sc:v1:{}:score",
-        "sc:v2:{SEC1}:score",
-        "other:sc:v1:{SEC1}:score",
-        "sc:v1:{SEC1}score",
+        "sc:v2:",
+        "sc:v2:SEC1:score",
+        "sc:v2:{SEC1}:",
+        "sc:v2:{SEC1}:scores",
+        "sc:v2:{bad id}:score",
+        "sc:v2:{}:score",
+        "sc:v1:{SEC1}:score",
+        "other:sc:v2:{SEC1}:score",
+        "sc:v2:{SEC1}score",
     ],
 )
 def test_parse_rejects_foreign_keys(key: str) -> None:

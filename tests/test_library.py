@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from entries import decode, holds, plant
 from fix_servers import Database, MakeSecurities
 from securecache import (
     ConfigurationError,
@@ -46,10 +47,9 @@ from securecache import (
     Security,
     Settings,
     ValidationError,
-    codec,
     sync,
 )
-from securecache.codec import MAX_ENTRY_BYTES
+from securecache.codec import ABSENT, MAX_ENTRY_BYTES
 from securecache.keys import KeyScheme, Kind
 from securecache.ops.dev import ServerInfo
 from securecache.telemetry import SOURCE
@@ -324,13 +324,13 @@ async def test_read_through_first_from_postgres_then_from_redis(
     assert first is not None
     assert first.name == f"Test Security {id_}"
     assert first.version == 1
-    assert stores.entry(Kind.SECURITY, id_) == codec.encode_entry(first)
+    assert holds(stores.entry(Kind.SECURITY, id_), first)
     assert tracing.count("SELECT securecache.security") == 1
     assert tracing.sources(Kind.SECURITY) == ["postgres"]
 
     # Plant a distinguishable (valid) entry: if the next get returns it, it came from Redis.
     planted = attrs.evolve(first, name="Planted In Redis")
-    stores.put_entry(Kind.SECURITY, id_, codec.encode_entry(planted))
+    stores.put_entry(Kind.SECURITY, id_, plant(planted))
     tracing.clear()
     assert await api.securities.get(id_) == planted
     assert tracing.count("SELECT securecache.security") == 0
@@ -347,7 +347,7 @@ async def test_score_read_through(
     score = await api.scores.get(id_)
     assert score is not None
     assert (score.version, *values(score)) == row
-    assert stores.entry(Kind.SCORE, id_) == codec.encode_entry(score)
+    assert holds(stores.entry(Kind.SCORE, id_), score)
     tracing.clear()
     assert await api.scores.get(id_) == score
     assert tracing.sources(Kind.SCORE) == ["redis"]
@@ -357,8 +357,8 @@ async def test_score_read_through(
 async def test_get_many_returns_only_existing_with_one_round_trip_each(
     api: Api, tracing: Tracing, stores: Stores, make_securities: MakeSecurities
 ) -> None:
-    """A cold batch: one lookup, one PostgreSQL query, one pipelined fill; a warm one: one
-    lookup."""
+    """A cold batch: one MGET, one lookup that takes the leases, one PostgreSQL query, one
+    pipelined fill; a warm one: one MGET and nothing else."""
     ids = make_securities(7)
     missing = [unknown_id(), unknown_id()]
     tracing.clear()
@@ -366,16 +366,18 @@ async def test_get_many_returns_only_existing_with_one_round_trip_each(
     assert set(found) == set(ids)
     for id_ in ids:
         assert found[id_] == stores.security_row(id_)
-        assert stores.entry(Kind.SECURITY, id_) == codec.encode_entry(found[id_])
+        assert holds(stores.entry(Kind.SECURITY, id_), found[id_])
     for id_ in missing:
-        assert stores.entry(Kind.SECURITY, id_) == b"0|"
+        assert decode(Security, stores.entry(Kind.SECURITY, id_)) is ABSENT
+    assert tracing.count("MGET") == 1
     assert tracing.count("EVALSHA lookup") == 1
     assert tracing.count("SELECT securecache.security") == 1
     assert tracing.count("EVALSHA cas") == 1
 
     tracing.clear()
     assert await api.securities.get_many([*missing, *ids]) == found
-    assert tracing.count("EVALSHA lookup") == 1
+    assert tracing.count("MGET") == 1
+    assert tracing.count("EVALSHA lookup") == 0
     assert tracing.count("SELECT securecache.security") == 0
     assert tracing.count("EVALSHA cas") == 0
 
@@ -392,7 +394,7 @@ async def test_score_get_many(
     for id_ in with_scores:
         assert (found[id_].version, *values(found[id_])) == stores.score_row(id_)
     for id_ in without:
-        assert stores.entry(Kind.SCORE, id_) == b"0|"
+        assert decode(Score, stores.entry(Kind.SCORE, id_)) is ABSENT
     assert tracing.count("SELECT securecache.score") == 1
     assert tracing.count("EVALSHA lookup") == 1
     assert tracing.count("EVALSHA cas") == 1
@@ -482,13 +484,13 @@ async def test_put_creates_then_updates(
     assert created.created is True
     assert created.score.version == 1
     assert values(created.score) == (1.25, 5.5, 6.5, 7.5)
-    assert stores.entry(Kind.SCORE, id_) == codec.encode_entry(created.score)
+    assert holds(stores.entry(Kind.SCORE, id_), created.score)
 
     updated = await api.scores.upsert(id_, update(2.5))
     assert updated.created is False
     assert updated.score.version == 2
     assert stores.score_row(id_) == (2, 2.5, 5.5, 6.5, 7.5)
-    assert stores.entry(Kind.SCORE, id_) == codec.encode_entry(updated.score)
+    assert holds(stores.entry(Kind.SCORE, id_), updated.score)
     tracing.clear()
     assert await api.scores.get(id_) == updated.score
     assert tracing.sources(Kind.SCORE) == ["redis"]
@@ -527,7 +529,7 @@ async def test_if_version_conflict_writes_nothing(
 
     second = await api.scores.put(id_, update(9), if_version=1)
     assert second.version == 2
-    assert stores.entry(Kind.SCORE, id_) == codec.encode_entry(second)
+    assert holds(stores.entry(Kind.SCORE, id_), second)
 
 
 async def test_if_version_without_a_score_is_a_conflict(
@@ -598,7 +600,7 @@ async def test_upsert_many_writes_a_batch_in_one_transaction_and_one_pipeline(
     assert tracing.count("UPSERT securecache.score") == 1
     assert tracing.count("EVALSHA cas") == 1
     for id_, write in writes.items():
-        assert stores.entry(Kind.SCORE, id_) == codec.encode_entry(write.score)
+        assert holds(stores.entry(Kind.SCORE, id_), write.score)
 
 
 # -- negative caching, TTLs ----------------------------------------------------------------
@@ -612,7 +614,7 @@ async def test_absent_id_is_cached_as_a_marker_with_the_negative_ttl(
     id_ = unknown_id()
     async with open_api(flavour, short, tracing.provider) as api:
         assert await api.securities.get(id_) is None
-        assert stores.entry(Kind.SECURITY, id_) == b"0|"
+        assert decode(Security, stores.entry(Kind.SECURITY, id_)) is ABSENT
         assert 7_000 - 3_000 <= stores.pttl(Kind.SECURITY, id_) <= 7_700
         tracing.clear()
         assert await api.securities.get(id_) is None
@@ -626,9 +628,9 @@ async def test_put_supersedes_an_absent_marker(
     """A score cached as absent is replaced by the first write, and gets see it at once."""
     (id_,) = make_securities(1)
     assert await api.scores.get(id_) is None
-    assert stores.entry(Kind.SCORE, id_) == b"0|"
+    assert decode(Score, stores.entry(Kind.SCORE, id_)) is ABSENT
     score = await api.scores.put(id_, update(4))
-    assert stores.entry(Kind.SCORE, id_) == codec.encode_entry(score)
+    assert holds(stores.entry(Kind.SCORE, id_), score)
     assert await api.scores.get(id_) == score
 
 
@@ -702,7 +704,7 @@ async def test_corrupt_entry_is_a_miss_and_gets_replaced(
         id_ in r.getMessage() and "corrupt" in r.getMessage() and r.levelno == logging.WARNING
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
-    assert stores.entry(Kind.SECURITY, id_) == codec.encode_entry(truth)
+    assert holds(stores.entry(Kind.SECURITY, id_), truth)
 
 
 # -- invalidation --------------------------------------------------------------------------

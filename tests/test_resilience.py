@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
+from entries import decode
 from fix_servers import MakeSecurities
 from interposed import delaying
 from securecache import (
@@ -32,7 +33,7 @@ def entry_at(client: redis.Redis, key: str) -> Score | codec.Marker | None:
     """The score entry at ``key``, decoded as the library would."""
     raw = client.get(key)
     assert raw is None or isinstance(raw, bytes)
-    return codec.decode_entry(Score, raw)
+    return decode(Score, raw)
 
 
 def closed_port() -> int:
@@ -85,7 +86,7 @@ async def test_a_put_cancelled_after_its_commit_still_updates_the_cache(
         key = KeyScheme(settings.key_prefix).value(Kind.SCORE, sid)
         raw = redis_admin.get(key)
         assert isinstance(raw, bytes)
-        entry = codec.decode_entry(Score, raw)
+        entry = decode(Score, raw)
         assert isinstance(entry, Score)
         assert entry.version == before.version + 1
         after = await cache.scores.get(sid)

@@ -112,8 +112,8 @@ def named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
 async def test_a_miss_traces_server_cache_and_database(
     public: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
 ) -> None:
-    """A cold GET: the library's get, its Redis lookup and the SELECT all descend from the server
-    span, which is named after the route, not the id."""
+    """A cold GET: the library's get, its Redis MGET and lookup and the SELECT all descend
+    from the server span, which is named after the route, not the id."""
     (sid,) = make_securities(1)
     exporter.clear()
     assert (await public.get(f"/securities/{sid}")).status_code == 200
@@ -125,8 +125,9 @@ async def test_a_miss_traces_server_cache_and_database(
     assert server.parent is None
     (get,) = named(spans, "securecache securities.get")
     (select,) = named(spans, "SELECT securecache.security")
-    (mget,) = named(spans, "EVALSHA lookup")
-    for span in (get, select, mget):
+    (mget,) = named(spans, "MGET")
+    (lookup,) = named(spans, "EVALSHA lookup")
+    for span in (get, select, mget, lookup):
         assert span.context.trace_id == server.context.trace_id
         assert ancestry(span, spans)[-1] == server.name
     assert ancestry(get, spans) == ["securecache securities.get", server.name]
@@ -137,7 +138,7 @@ async def test_a_miss_traces_server_cache_and_database(
 async def test_a_hit_traces_no_database(
     public: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
 ) -> None:
-    """Once cached, the same GET is a server span over one Redis lookup and no SQL."""
+    """Once cached, the same GET is a server span over one Redis MGET and no SQL."""
     (sid,) = make_securities(1, with_scores=True)
     await public.get(f"/securities/{sid}/score")
     exporter.clear()
@@ -145,7 +146,8 @@ async def test_a_hit_traces_no_database(
     spans = exporter.get_finished_spans()
     assert not [s for s in spans if s.name.startswith("SELECT")]
     (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
-    (mget,) = named(spans, "EVALSHA lookup")
+    assert not named(spans, "EVALSHA lookup")
+    (mget,) = named(spans, "MGET")
     assert ancestry(mget, spans)[-1] == server.name
 
 

@@ -19,6 +19,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from entries import decode
 from securecache import ConflictError, Score, ScoreUpdate, Security, Settings, codec
 from securecache.keys import KeyScheme, Kind
 from securecache.sync import SecureCache
@@ -216,14 +217,14 @@ def test_random_operations_keep_reads_and_redis_faithful_to_postgresql(
                 + [keys.value(Kind.SECURITY, s) for s in self.ids]
             )
             for sid, raw in zip(self.ids, raws[:IDS], strict=True):
-                entry = codec.decode_entry(Score, as_bytes(raw))
+                entry = decode(Score, as_bytes(raw))
                 if entry is codec.ABSENT:
                     assert sid not in truth, f"{sid}: cached absent, but the row exists"
                 elif entry is not None:
                     assert isinstance(entry, Score), f"{sid}: corrupt entry {raw!r:.80}"
                     assert (entry.version, values_of(entry)) == truth.get(sid), sid
             for sid, raw in zip(self.ids, raws[IDS:], strict=True):
-                cached = codec.decode_entry(Security, as_bytes(raw))
+                cached = decode(Security, as_bytes(raw))
                 assert cached is None or cached == self.securities[sid], sid
 
     run_state_machine_as_test(

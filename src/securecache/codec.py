@@ -1,17 +1,22 @@
 """The wire format, owned by one cattrs converter (orjson).
 
 JSON (HTTP and Redis) uses the design's field names, with ``updated_at`` as RFC 3339 UTC
-(``2026-01-02T03:04:05.123456Z``). A Redis entry is ``b"<version>|<json>"``: the version in
-front lets the compare-and-set script order entries without decoding JSON, and
-``b"0|"`` marks an id known to be absent (negative caching), and ``b"<version>|~"`` is a
-floor left by the change listener: nothing cached, and nothing older than that version may
-be. Anything read from Redis is untrusted: a corrupt, oversized or wrong-shaped entry
-decodes to :data:`CORRUPT`, which callers treat as a miss. I/O-free.
+(``2026-01-02T03:04:05.123456Z``). A Redis entry is ``b"<version>|<expires>|<json>"``: the
+version in front lets the compare-and-set script order entries without decoding JSON;
+``<expires>`` is when the entry stops being served (Unix milliseconds; its key carries the same
+TTL); ``b"0|<expires>|"`` marks an id known to be absent (negative caching); and
+``b"<version>|~"`` is a floor left by the change listener: nothing cached, and nothing older
+than that version may be. Anything read from Redis is untrusted: a corrupt, oversized or
+wrong-shaped entry decodes to :data:`CORRUPT`, which callers treat as a miss, and so does one
+whose expiry lies beyond the longest life the library gives an entry (it was not written by
+the library, and would otherwise be served for as long as its planter liked). I/O-free.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -45,11 +50,14 @@ class Marker(enum.Enum):
     """The entry could not be trusted; treat as a miss."""
     FLOOR = "floor"
     """The record changed and is not cached; older versions may not be stored (a miss)."""
+    EXPIRED = "expired"
+    """The entry's own expiry has passed (the reader's clock runs ahead of Redis's): a miss."""
 
 
 ABSENT: Final = Marker.ABSENT
 CORRUPT: Final = Marker.CORRUPT
 FLOOR: Final = Marker.FLOOR
+EXPIRED: Final = Marker.EXPIRED
 FLOOR_BODY: Final = b"~"
 
 Record = Security | Score
@@ -122,11 +130,12 @@ def record_id(record: Record) -> str:
     return record.id if isinstance(record, Security) else record.security_id
 
 
-def encode_entry(record: Record | None) -> bytes:
-    """A Redis entry for ``record``, or the absent marker for None."""
+def encode_entry(record: Record | None, expires_ms: int) -> bytes:
+    """A Redis entry for ``record``, or the absent marker for None, served until
+    ``expires_ms`` (Unix milliseconds)."""
     if record is None:
-        return b"0|"
-    return b"%d|%s" % (record.version, orjson.dumps(converter.unstructure(record)))
+        return b"0|%d|" % expires_ms
+    return b"%d|%d|%s" % (record.version, expires_ms, orjson.dumps(converter.unstructure(record)))
 
 
 def entry_version(record: Record | None) -> int:
@@ -232,30 +241,63 @@ def decode_record(kind: type[R], body: bytes) -> R | None:
     return record
 
 
-def decode_entry(kind: type[R], raw: bytes | None, id_: str | None = None) -> R | Marker | None:
-    """Decode a Redis entry: a record, ABSENT, CORRUPT, or None when there was no entry.
+DECODED_ENTRIES: Final = 16_384
+"""Entries of each kind whose decoding is remembered (a few MB): see :func:`decode_entry`."""
+
+
+def decode_entry(
+    kind: type[R], raw: bytes | None, id_: str | None = None, *, now_ms: int, horizon_ms: int
+) -> R | Marker | None:
+    """Decode a Redis entry: a record, ABSENT, CORRUPT, FLOOR, EXPIRED, or None when there
+    was no entry.
 
     With ``id_`` (the id of the key it was read from), a well-formed record of another id is
-    CORRUPT too: a Redis user may copy one id's entry under another's key.
+    CORRUPT too: a Redis user may copy one id's entry under another's key. An entry is served
+    from ``now_ms`` until its expiry; one whose expiry lies beyond ``horizon_ms`` (now plus
+    the longest life the library gives an entry) is CORRUPT.
+
+    The decoding of given bytes never changes and records are immutable, so the decoding of
+    recent entries is remembered, by their exact bytes: a hot entry read again from Redis
+    costs a dictionary look-up instead of its validation. Other bytes are decoded in full.
     """
     if raw is None:
         return None
+    entry: R | Marker
+    entry, expires_ms = _decode_entry(kind, raw)
+    if expires_ms:
+        if expires_ms > horizon_ms:
+            return CORRUPT
+        if expires_ms <= now_ms:
+            return EXPIRED
+    if id_ is not None and isinstance(entry, Security | Score) and record_id(entry) != id_:
+        return CORRUPT
+    return entry
+
+
+def _decode_new_entry(kind: Any, raw: bytes) -> tuple[Any, int]:
+    """The entry (record or marker) in ``raw`` and its expiry (0 for a floor or corrupt)."""
     if len(raw) > MAX_ENTRY_BYTES:
-        return CORRUPT
-    head, sep, body = raw.partition(b"|")
+        return CORRUPT, 0
+    head, sep, rest = raw.partition(b"|")
     if not sep or not head.isdigit():
-        return CORRUPT
+        return CORRUPT, 0
     version = int(head)
+    if rest == FLOOR_BODY:
+        return (FLOOR, 0) if version != ABSENT_VERSION else (CORRUPT, 0)
+    stamp, sep, body = rest.partition(b"|")
+    if not sep or not stamp.isdigit() or len(stamp) > 15:
+        return CORRUPT, 0
+    expires_ms = int(stamp)
+    if not expires_ms:
+        return CORRUPT, 0
     if version == ABSENT_VERSION:
-        return ABSENT if not body else CORRUPT
-    if body == FLOOR_BODY:
-        return FLOOR
+        return (ABSENT, expires_ms) if not body else (CORRUPT, 0)
     record = decode_record(kind, body)
     if record is None or record.version != version:
-        return CORRUPT
-    if (
-        id_ is not None
-        and (record.id if isinstance(record, Security) else record.security_id) != id_
-    ):
-        return CORRUPT
-    return record
+        return CORRUPT, 0
+    return record, expires_ms
+
+
+_decode_entry: Final[Callable[[Any, bytes], tuple[Any, int]]] = functools.lru_cache(
+    maxsize=2 * DECODED_ENTRIES
+)(_decode_new_entry)

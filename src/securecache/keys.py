@@ -1,8 +1,9 @@
 """The Redis key scheme.
 
-``{prefix}:v1:{ID}:security`` and ``{prefix}:v1:{ID}:score``: the braces are a Redis Cluster
-hash tag, so a security, its score and their leases share one slot; ``v1`` names the wire
-format so that a new one can roll out beside the old. I/O-free.
+``{prefix}:v2:{ID}:security`` and ``{prefix}:v2:{ID}:score``: the braces are a Redis Cluster
+hash tag, so a security, its score and their leases share one slot; ``v2`` names the wire
+format (:mod:`securecache.codec`) so that a new one can roll out beside the old. ``v1``
+entries had no expiry of their own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Final
 from securecache.errors import ConfigurationError
 from securecache.models import validate_id
 
-WIRE_VERSION: Final = "v1"
+WIRE_VERSION: Final = "v2"
 PREFIX_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
@@ -60,6 +61,11 @@ class KeyScheme:
     def lease(self, kind: Kind, id_: str) -> str:
         """The key of a fill lease: who may fill ``value(kind, id_)`` right now."""
         return f"{self._base}{{{validate_id(id_)}}}:{kind.value}:lease"
+
+    def pair(self, kind: Kind, id_: str) -> tuple[str, str]:
+        """The value key and the lease key of one id (what a lookup reads)."""
+        value = f"{self._base}{{{validate_id(id_)}}}:{kind.value}"
+        return value, f"{value}:lease"
 
     def parse(self, key: str) -> tuple[Kind, str] | None:
         """Inverse of :meth:`value`; None for any key that is not a value key of this scheme."""

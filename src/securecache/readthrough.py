@@ -2,15 +2,16 @@
 
 I/O-free orchestration over :mod:`securecache.store` and :mod:`securecache.cache`.
 
-Every read is a batch. A ``get`` joins the batch of the current event-loop iteration: the
-first caller schedules a flush with ``call_soon`` (no timer, so a lone get waits for nothing),
-and every get or get_many issued before the loop comes round rides the same lookup (one
-script call that returns the entries and takes the leases of the misses), the same
-PostgreSQL query for the misses and the same pipelined fill. A key already being loaded is
-not loaded again: later callers wait on the same future (single-flight), so a herd on a cold
-key makes one query per process; a miss whose lease another process holds waits briefly for
-that process's fill, so a herd across the fleet makes about one. With a near cache, hits
-are served from memory before any of this (:mod:`securecache.nearcache`).
+Every read is a batch. A ``get`` or ``get_many`` that finds nothing in flight leaves at once,
+in its caller's task: a lone read waits for nothing. While a load is in flight, the reads
+issued meanwhile form the batch of the current event-loop iteration (the first of them
+schedules its flush with ``call_soon``, no timer) and share its round trips: one MGET for the
+hits; for the rest, one lookup script that returns the entries and takes the leases of the
+misses, one PostgreSQL query and one pipelined fill. A key already being loaded is not loaded
+again: later callers wait for the same load (single-flight), each on a future of its own, so
+a herd on a cold key makes one query per process; a miss whose lease another process holds
+waits briefly for that process's fill, so a herd across the fleet makes about one. With a
+near cache, hits are served from memory before any of this (:mod:`securecache.nearcache`).
 
 Writes live here too, beside the reads whose fills they must void: :meth:`ReadThrough.write`
 runs the whole lease sequence of a write-through (take the leases over, commit, then store or
@@ -22,9 +23,11 @@ without touching private names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -48,6 +51,9 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", Security, Score)
 T = TypeVar("T")
 Fetch = Callable[[Sequence[str]], Awaitable[dict[str, R]]]
+Waiters = list[asyncio.Future[tuple[R | None, str]]]
+"""The callers waiting for one id of a batch (none when only the batch's own task does)."""
+Batch = dict[str, Waiters[R]]
 
 NOTHING_WRITTEN: tuple[type[Exception], ...] = (
     ConflictError,
@@ -64,6 +70,8 @@ class CacheBackend(Protocol):
     Every method fails open: no answer from Redis is a miss, a refused lease or a write not
     done, never an exception.
     """
+
+    async def entries(self, keys: Sequence[str]) -> list[bytes | None] | None: ...
 
     async def lookup(
         self, pairs: Sequence[tuple[str, str]], token: str, lease_ms: int
@@ -90,17 +98,44 @@ MAX_BATCH = models.MAX_BATCH
 """Most keys in one round trip; bigger batches are split (bounded Redis and SQL arguments)."""
 
 
-class TTLPolicy:
-    """Entry lifetimes with jitter, so entries written together do not expire together."""
+CLOCK_SKEW_MS = 60_000
+"""How far another process's clock may run ahead of this one's: an entry may expire this much
+later than this process would let it (beyond that it was not written by the library)."""
 
-    def __init__(self, ttl: float, negative_ttl: float, jitter: float) -> None:
+
+class TTLPolicy:
+    """Entry lifetimes with jitter, so entries written together do not expire together; and
+    the window in which an entry's own expiry must fall to be served."""
+
+    def __init__(
+        self,
+        ttl: float,
+        negative_ttl: float,
+        jitter: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._ttl_ms = ttl * 1000
         self._negative_ms = negative_ttl * 1000
         self._jitter = jitter
+        self._clock = clock
+        self._longest_ms = int(max(self._ttl_ms, self._negative_ms) * (1 + jitter)) + 1
 
     def ttl_ms(self, present: bool) -> int:
         base = self._ttl_ms if present else self._negative_ms
         return max(1, int(base * (1 + random.uniform(0, self._jitter))))
+
+    def entry(self, record: R | None) -> tuple[bytes, int]:
+        """The Redis entry of ``record`` (None: absent) and its TTL in ms."""
+        ttl_ms = self.ttl_ms(record is not None)
+        return codec.encode_entry(record, self.now_ms() + ttl_ms), ttl_ms
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def window(self) -> tuple[int, int]:
+        """(now, horizon) in Unix ms: an entry is served if it expires in between."""
+        now = self.now_ms()
+        return now, now + self._longest_ms + CLOCK_SKEW_MS
 
 
 class ReadThrough(Generic[R]):
@@ -136,8 +171,14 @@ class ReadThrough(Generic[R]):
         self._versions = versions
         self._near = near
         self._audit = audit if audit is not None and audit.enabled else None
-        self._pending: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
-        self._inflight: dict[str, asyncio.Future[tuple[R | None, str]]] = {}
+        self._pending: Batch[R] = {}
+        """The next batch: ids and the futures of the callers waiting for them."""
+        self._inflight: Batch[R] = {}
+        """Every id being loaded (or about to be), with its waiters: later gets join."""
+        self._lookups = 0
+        """Loads in their first round trip (the lookup, or the query when Redis did not
+        answer). While there is one, gets join the batch of this loop turn; with none, a get
+        leaves at once."""
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -146,7 +187,7 @@ class ReadThrough(Generic[R]):
         return self._kind
 
     async def get(self, id_: str) -> R | None:
-        """One record: from the near cache, or loaded in the batch of this loop iteration."""
+        """One record: from the near cache, or loaded at once, or with the gets around it."""
         near = self._near
         if near is not None:
             found = near.get((self._kind, id_))
@@ -154,7 +195,14 @@ class ReadThrough(Generic[R]):
                 record: R | None = found
                 return record
         with self._telemetry.call_span(f"securecache {self._namespace}.get") as span:
-            record, source = await asyncio.shield(self._future(id_))
+            waiters = self._inflight.get(id_)
+            if waiters is None and not self._lookups and not self._pending:
+                # Nothing forming and nothing in flight: this get leaves at once, in the
+                # caller's own task (no added loop turn); gets arriving meanwhile form the
+                # next batch.
+                record, source = (await self._run({id_: []}))[id_]
+            else:
+                record, source = await self._waiter(id_, waiters)
             span.set_attribute(SOURCE, source)
             return record
 
@@ -176,86 +224,150 @@ class ReadThrough(Generic[R]):
             return found
         with self._telemetry.call_span(f"securecache {self._namespace}.get_many") as span:
             span.set_attribute("securecache.ids", len(unique))
-            futures = [self._future(i) for i in unique]
-            results = await asyncio.shield(asyncio.gather(*futures))
+            inflight = self._inflight
+            if not self._lookups and not self._pending and not any(i in inflight for i in unique):
+                answers = await self._run({i: [] for i in unique})
+                results = [answers[i] for i in unique]
+            else:
+                results = await asyncio.gather(*(self._waiter(i, inflight.get(i)) for i in unique))
             found.update({i: r for i, (r, _) in zip(unique, results, strict=True) if r is not None})
             return found
 
-    def _future(self, id_: str) -> asyncio.Future[tuple[R | None, str]]:
-        future = self._inflight.get(id_) or self._pending.get(id_)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = loop.create_future()
-            # A waiter cancelled before the result arrives must not leave an
-            # unretrieved exception behind.
-            future.add_done_callback(_consume)
-            self._pending[id_] = future
+    def _waiter(self, id_: str, waiters: Waiters[R] | None) -> asyncio.Future[tuple[R | None, str]]:
+        """A future for ``id_`` from the load in flight for it (``waiters``), or else from
+        the next batch."""
+        loop = asyncio.get_running_loop()
+        if waiters is None:
+            waiters = self._inflight[id_] = self._pending[id_] = []
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
+        # A future of this caller's own: cancelling the caller cancels only its wait, never
+        # the load the other callers share.
+        future: asyncio.Future[tuple[R | None, str]] = loop.create_future()
+        waiters.append(future)
         return future
 
     def _flush(self) -> None:
+        """Send the batch that formed during this turn of the event loop."""
         self._flush_scheduled = False
+        if not self._pending:
+            return
         batch, self._pending = self._pending, {}
-        self._inflight.update(batch)
         items = list(batch.items())
         for start in range(0, len(items), MAX_BATCH):
-            chunk = dict(items[start : start + MAX_BATCH])
-            task = asyncio.get_running_loop().create_task(self._load(chunk))
+            task = asyncio.get_running_loop().create_task(
+                self._load(dict(items[start : start + MAX_BATCH]))
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _load(self, batch: dict[str, asyncio.Future[tuple[R | None, str]]]) -> None:
-        try:
-            await self._read_through(batch)
-        except BaseException as exc:
-            # Only the ids still waiting get the error: values already served from Redis
-            # stand, so cached reads keep working while PostgreSQL is down.
-            for future in batch.values():
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            for id_, future in batch.items():
-                if self._inflight.get(id_) is future:
-                    del self._inflight[id_]
+    async def _load(self, batch: Batch[R]) -> None:
+        """A batch in a task of its own; its callers wait on their futures."""
+        with contextlib.suppress(Exception):  # the waiters have it
+            await self._run(batch)
 
-    async def _read_through(self, batch: dict[str, asyncio.Future[tuple[R | None, str]]]) -> None:
+    async def _run(self, batch: Batch[R]) -> dict[str, tuple[R | None, str]]:
+        """Load ``batch`` (ids and the futures waiting for them, which get their answer as it
+        comes) and return every answer.
+
+        On a failure, only the ids still waiting get the error: values already served from
+        Redis stand, so cached reads keep working while PostgreSQL is down. When the task
+        running the batch is cancelled (its caller gave up), the ids other callers wait for
+        are loaded again in the next batch.
+        """
+        for id_, waiters in batch.items():
+            self._inflight.setdefault(id_, waiters)
+        answers: dict[str, tuple[R | None, str]] = {}
+        try:
+            await self._read_through(batch, answers)
+        except asyncio.CancelledError:
+            self._requeue({i: w for i, w in batch.items() if i not in answers})
+            raise
+        except BaseException as exc:
+            for id_, waiters in batch.items():
+                if id_ not in answers:
+                    for future in waiters:
+                        if not future.done():
+                            future.set_exception(exc)
+            raise
+        finally:
+            inflight, pending = self._inflight, self._pending
+            for id_, waiters in batch.items():
+                if inflight.get(id_) is waiters and pending.get(id_) is not waiters:
+                    del inflight[id_]
+        return answers
+
+    def _requeue(self, batch: Batch[R]) -> None:
+        """Put the waited-for ids of an abandoned batch into the next one."""
+        waited = {i: w for i, w in batch.items() if any(not f.done() for f in w)}
+        for id_, waiters in waited.items():
+            if self._inflight.get(id_) is waiters:
+                self._pending[id_] = waiters
+            else:  # forgotten meanwhile: a later get already loads it afresh
+                for future in waiters:
+                    if not future.done():
+                        future.cancel()
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _answer(
+        self,
+        batch: Batch[R],
+        answers: dict[str, tuple[R | None, str]],
+        id_: str,
+        record: R | None,
+        source: str,
+    ) -> None:
+        answer = answers[id_] = (record, source)
+        waiters = batch[id_]
+        for future in waiters:
+            if not future.done():
+                future.set_result(answer)
+        if self._inflight.get(id_) is waiters:
+            del self._inflight[id_]  # answered: a later get starts afresh
+
+    async def _read_through(
+        self, batch: Batch[R], answers: dict[str, tuple[R | None, str]]
+    ) -> None:
         """Redis first (the entries, and a lease for each miss, in one round trip); the
         misses from PostgreSQL in one query; then the fills under those leases.
 
-        Hits are resolved right after the lookup, so a PostgreSQL failure reaches only the
-        misses; misses are resolved once their fill is done (a caller that next looks in
+        Hits are answered right after the lookup, so a PostgreSQL failure reaches only the
+        misses; misses are answered once their fill is done (a caller that next looks in
         Redis finds the value there). A miss whose lease another process holds waits a
         little for that process's fill instead of querying too (one query per key across
         the fleet).
         """
         token = secrets.token_hex(8)
         ticket = self._near.ticket() if self._near is not None else 0
-        misses, leases, corrupt = await self._lookup(batch, token, ticket)
-        if not misses:
-            return
-        contested = [i for i in misses if leases[i] == LEASE_HELD]
-        if contested and self._lease_wait > 0:
-            filled = await self._await_fills(contested, token, leases)
-            for id_, record in filled.items():
-                _resolve(batch[id_], record, "redis")
-                self._remember(id_, record, ticket)
-            misses = [i for i in misses if i not in filled]
+        # Counted while in flight (see _lookups): the lookup, or the query when Redis gave no
+        # answer (absent, failing), so that reads keep travelling in batches then too.
+        self._lookups += 1
+        waiting = True
+        try:
+            misses, leases, corrupt = await self._lookup(batch, answers, token, ticket)
             if not misses:
                 return
-        rows = await self._fetch(misses)
+            if any(leases[i] is not None for i in misses):
+                self._leave()
+                waiting = False
+            contested = [i for i in misses if leases[i] == LEASE_HELD]
+            if contested and self._lease_wait > 0:
+                filled = await self._await_fills(contested, token, leases)
+                for id_, record in filled.items():
+                    self._answer(batch, answers, id_, record, "redis")
+                    self._remember(id_, record, ticket)
+                misses = [i for i in misses if i not in filled]
+                if not misses:
+                    return
+            rows = await self._fetch(misses)
+        finally:
+            if waiting:
+                self._leave()
         writes = [
-            CacheWrite(
-                key=self._keys.value(self._kind, id_),
-                lease_key=self._keys.lease(self._kind, id_),
-                version=codec.entry_version(rows.get(id_)),
-                entry=codec.encode_entry(rows.get(id_)),
-                ttl_ms=self._ttl.ttl_ms(id_ in rows),
-                replaces=corrupt.get(id_, b""),
-            )
+            self._cache_write(id_, rows.get(id_), replaces=corrupt.get(id_, b""))
             for id_ in misses
             if leases[id_] == LEASE_TAKEN
         ]
@@ -267,10 +379,29 @@ class ReadThrough(Generic[R]):
             stored = {w.key for w, o in zip(writes, outcomes, strict=True) if o == STORED}
         for id_ in misses:
             record = rows.get(id_)
-            _resolve(batch[id_], record, "postgres" if record is not None else "absent")
+            self._answer(
+                batch, answers, id_, record, "postgres" if record is not None else "absent"
+            )
             # The near cache follows Redis: a fill it refused (lease lost) is not kept either.
             if self._keys.value(self._kind, id_) in stored:
                 self._remember(id_, record, ticket)
+
+    def _cache_write(self, id_: str, record: R | None, replaces: bytes = b"") -> CacheWrite:
+        """The compare-and-set that caches ``record`` (None: absent) for ``id_``."""
+        key, lease_key = self._keys.pair(self._kind, id_)
+        entry, ttl_ms = self._ttl.entry(record)
+        return CacheWrite(
+            key=key,
+            lease_key=lease_key,
+            version=codec.entry_version(record),
+            entry=entry,
+            ttl_ms=ttl_ms,
+            replaces=replaces,
+        )
+
+    def _leave(self) -> None:
+        """The first round trip of a load is back."""
+        self._lookups -= 1
 
     def _remember(self, id_: str, record: R | None, ticket: int) -> None:
         """Keep what was just read in the near cache, unless invalidated since ``ticket``."""
@@ -278,50 +409,87 @@ class ReadThrough(Generic[R]):
             self._near.put((self._kind, id_), record, ticket)
 
     async def _lookup(
-        self, batch: dict[str, asyncio.Future[tuple[R | None, str]]], token: str, ticket: int
+        self, batch: Batch[R], answers: dict[str, tuple[R | None, str]], token: str, ticket: int
     ) -> tuple[list[str], dict[str, int | None], dict[str, bytes]]:
-        """One lookup: resolve the hits; return the misses, their lease states (None: Redis
-        did not answer) and the corrupt entries seen (which a fill may replace)."""
+        """Answer the hits; return the misses, their lease states (None: Redis did not
+        answer) and the corrupt entries seen (which a fill may replace).
+
+        The hits come from one MGET, Redis's cheapest read. Only what it did not serve is
+        looked up again, by the script that also takes the leases (a fill may have landed in
+        between), so a miss costs one round trip more than a hit, never more than that.
+        """
         ids = list(batch)
         kind = self._kind
-        pairs = [(self._keys.value(kind, i), self._keys.lease(kind, i)) for i in ids]
-        answer = await self._cache.lookup(pairs, token, self._lease_ms) if self._cache else None
-        misses: list[str] = []
-        leases: dict[str, int | None] = {}
-        corrupt: dict[str, bytes] = {}
-        audit = self._audit
-        hits: list[tuple[str, Security | Score | None]] = []
-        for index, id_ in enumerate(ids):
-            raw, lease = answer[index] if answer is not None else (None, None)
-            entry = codec.decode_entry(self._type, raw, id_)
-            if entry is codec.ABSENT:
-                _resolve(batch[id_], None, "absent")
-                self._remember(id_, None, ticket)
-                if audit is not None:
-                    hits.append((id_, None))
-            elif isinstance(entry, self._type):
-                _resolve(batch[id_], entry, "redis")
-                self._remember(id_, entry, ticket)
-                if audit is not None:
-                    hits.append((id_, entry))
-            else:
-                if entry is codec.CORRUPT and raw is not None:
-                    corrupt[id_] = raw
-                    self._telemetry.corrupt.add(1, {"securecache.kind": str(kind)})
-                    log.warning("ignoring a corrupt cache entry for %s %s", kind, id_)
-                misses.append(id_)
-                leases[id_] = lease
         attrs = {"securecache.kind": str(kind)}
-        self._telemetry.hits.add(len(ids) - len(misses), attrs)
-        if audit is not None:
-            audit.sample(kind, hits)
+        cache = self._cache
+        raws = await cache.entries([self._keys.value(kind, i) for i in ids]) if cache else None
+        if cache is None or raws is None:  # Redis does not answer: all misses, no leases
+            self._telemetry.misses.add(len(ids), attrs)
+            return ids, dict.fromkeys(ids), {}
+        rest = self._serve(batch, answers, ticket, zip(ids, raws, strict=True))
+        if not rest:
+            return [], {}, {}
+        pairs = [self._keys.pair(kind, i) for i in rest]
+        answer = await cache.lookup(pairs, token, self._lease_ms)
+        if answer is None:
+            self._telemetry.misses.add(len(rest), attrs)
+            return rest, dict.fromkeys(rest), {}
+        found = list(zip(rest, answer, strict=True))
+        misses = self._serve(batch, answers, ticket, ((i, raw) for i, (raw, _) in found))
+        leases: dict[str, int | None] = {i: lease for i, (_, lease) in found}
+        corrupt: dict[str, bytes] = {}
+        for id_, (raw, _) in found:
+            if raw is not None and id_ in misses and self._corrupt(raw, id_):
+                corrupt[id_] = raw
+                self._telemetry.corrupt.add(1, attrs)
+                log.warning("ignoring a corrupt cache entry for %s %s", kind, id_)
         if misses:
             self._telemetry.misses.add(len(misses), attrs)
         # Entries the script took for servable but that fail our checks need a lease too.
-        unleased = [i for i in corrupt if leases[i] == NO_LEASE_NEEDED]
+        unleased = [i for i in misses if leases[i] == NO_LEASE_NEEDED]
         if unleased:
             leases.update(await self._take_leases(unleased, token))
         return misses, leases, corrupt
+
+    def _serve(
+        self,
+        batch: Batch[R],
+        answers: dict[str, tuple[R | None, str]],
+        ticket: int,
+        entries: Iterable[tuple[str, bytes | None]],
+    ) -> list[str]:
+        """Answer each id whose entry can be served; return the others."""
+        now_ms, horizon_ms = self._ttl.window()
+        audit = self._audit
+        audited: list[tuple[str, Security | Score | None]] = []
+        rest: list[str] = []
+        seen = 0
+        decode, record_type = codec.decode_entry, self._type
+        for id_, raw in entries:
+            seen += 1
+            entry = decode(record_type, raw, id_, now_ms=now_ms, horizon_ms=horizon_ms)
+            if entry is codec.ABSENT:
+                self._answer(batch, answers, id_, None, "absent")
+                self._remember(id_, None, ticket)
+                if audit is not None:
+                    audited.append((id_, None))
+            elif isinstance(entry, record_type):
+                self._answer(batch, answers, id_, entry, "redis")
+                self._remember(id_, entry, ticket)
+                if audit is not None:
+                    audited.append((id_, entry))
+            else:
+                rest.append(id_)
+        if seen > len(rest):
+            self._telemetry.hits.add(seen - len(rest), {"securecache.kind": str(self._kind)})
+        if audit is not None and audited:
+            audit.sample(self._kind, audited)
+        return rest
+
+    def _corrupt(self, raw: bytes, id_: str) -> bool:
+        now_ms, horizon_ms = self._ttl.window()
+        entry = codec.decode_entry(self._type, raw, id_, now_ms=now_ms, horizon_ms=horizon_ms)
+        return entry is codec.CORRUPT
 
     async def _take_leases(self, ids: Sequence[str], token: str) -> dict[str, int | None]:
         """Leases on ``ids`` (SET NX), as lease states; None where Redis did not answer."""
@@ -358,8 +526,11 @@ class ReadThrough(Generic[R]):
             if answer is None:
                 break  # Redis stopped answering: PostgreSQL it is
             still: list[str] = []
+            now_ms, horizon_ms = self._ttl.window()
             for id_, (raw, lease) in zip(pending, answer, strict=True):
-                entry = codec.decode_entry(self._type, raw, id_)
+                entry = codec.decode_entry(
+                    self._type, raw, id_, now_ms=now_ms, horizon_ms=horizon_ms
+                )
                 if entry is codec.ABSENT:
                     found[id_] = None
                 elif isinstance(entry, self._type):
@@ -450,16 +621,7 @@ class ReadThrough(Generic[R]):
         self.forget([codec.record_id(r) for r in records])
         if not self._cache or not records:
             return
-        writes = [
-            CacheWrite(
-                key=self._keys.value(self._kind, codec.record_id(r)),
-                lease_key=self._keys.lease(self._kind, codec.record_id(r)),
-                version=r.version,
-                entry=codec.encode_entry(r),
-                ttl_ms=self._ttl.ttl_ms(True),
-            )
-            for r in records
-        ]
+        writes = [self._cache_write(codec.record_id(r), r) for r in records]
         outcomes = await self._cache.compare_and_set(writes, token, write_through=True)
         # A get that started while the cache write was in flight may have read the old
         # entry: gets issued from now on must not join it.
@@ -510,13 +672,3 @@ async def drop(
         for r in reads:
             r.forget(ids)
         await cache.announce([(r.kind, i) for r in reads for i in ids])
-
-
-def _resolve(future: asyncio.Future[tuple[R | None, str]], record: R | None, source: str) -> None:
-    if not future.done():
-        future.set_result((record, source))
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

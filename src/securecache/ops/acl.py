@@ -17,7 +17,7 @@ from typing import Final
 from securecache.cache import SCRIPTS
 from securecache.keys import KeyScheme
 
-LIBRARY_COMMANDS: Final = ("get", "set", "del", "pttl", "ping", "publish", "subscribe")
+LIBRARY_COMMANDS: Final = ("get", "mget", "set", "del", "pttl", "ping", "publish", "subscribe")
 """Plain commands the library sends, or that its scripts run (redis-py's HELLO/AUTH need no
 grant). ``select`` is granted for the configured database alone, and only when it is not 0
 (redis-py sends SELECT on connect for a ``redis://host/N`` URL with N other than 0).
