@@ -382,6 +382,34 @@ async def test_get_many_returns_only_existing_with_one_round_trip_each(
     assert tracing.count("EVALSHA cas") == 0
 
 
+async def test_a_run_of_misses_sends_batches_straight_to_the_lookup(
+    settings: Settings, tracing: Tracing, make_securities: MakeSecurities
+) -> None:
+    """While most recent reads missed, a batch skips the MGET: the lookup script serves its
+    hits and leases its misses in one round trip; once reads hit again, hits travel by MGET
+    alone."""
+    ids = make_securities(6)
+    async with SecureCache(settings, tracer_provider=tracing.provider) as cache:
+        tracing.clear()
+        assert await cache.securities.get(ids[0]) is not None  # the first cold read: MGET
+        assert (tracing.count("MGET"), tracing.count("EVALSHA lookup")) == (1, 1)
+        for id_ in ids[1:4]:
+            await cache.securities.get(id_)
+        tracing.clear()
+        for id_ in ids[4:]:  # four misses in a row: cold reads now go to the script at once
+            await cache.securities.get(id_)
+        assert (tracing.count("MGET"), tracing.count("EVALSHA lookup")) == (0, 2)
+        tracing.clear()
+        for _ in range(2):  # hits, served by the script while misses still dominate
+            await cache.securities.get(ids[0])
+        assert (tracing.count("MGET"), tracing.count("EVALSHA lookup")) == (0, 2)
+        tracing.clear()
+        found = await cache.securities.get(ids[0])  # the average fell below one half
+        assert found is not None
+        assert (tracing.count("MGET"), tracing.count("EVALSHA lookup")) == (1, 0)
+        assert tracing.count("SELECT securecache.security") == 0
+
+
 async def test_score_get_many(
     api: Api, tracing: Tracing, stores: Stores, make_securities: MakeSecurities
 ) -> None:

@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -238,6 +239,59 @@ def connect(url: str, *, cluster: bool, timeout: float, max_connections: int) ->
     return aioredis.Redis.from_url(url, **common)
 
 
+def connect_sync(
+    url: str, *, cluster: bool, timeout: float, max_connections: int
+) -> redis.Redis | redis.RedisCluster:
+    """A blocking redis-py client for the sync twin's hit path, as quick to give up as
+    :func:`connect`'s (here the socket timeout is the only bound, and costs no Task)."""
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "max_connections": max_connections,
+        **_NO_CLIENT_SETINFO,
+        **_no_maintenance_notifications(),
+    }
+    if cluster:
+        return redis.RedisCluster.from_url(url, **common)
+    return redis.Redis.from_url(url, **common)
+
+
+class SyncReader:
+    """The sync twin's hit path: one blocking MGET on the caller's thread, failing open.
+
+    It reads and never writes, so it needs none of :class:`RedisCache`'s machinery; it stays
+    out of the way whenever that machinery is at work (breaker open, deletions owed after an
+    outage, reads bypassing Redis, scripts missing): then the caller goes through the loop.
+    """
+
+    def __init__(
+        self, client: redis.Redis | redis.RedisCluster, cache: RedisCache, telemetry: Telemetry
+    ) -> None:
+        self._client = client
+        self._cache = cache
+        self._telemetry = telemetry
+
+    def entries(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        """The entries at ``keys``, or None: Redis did not answer, or the loop's path must."""
+        if self._cache.degraded:
+            return None
+        with self._telemetry.client_span("MGET", "redis", "MGET") as span:
+            try:
+                if isinstance(self._client, redis.RedisCluster):
+                    replies = self._client.mget_nonatomic(keys)
+                else:
+                    replies = self._client.mget(keys)
+            except REDIS_FAILURES as exc:
+                self._telemetry.redis_errors.add(1, {"db.operation.name": "MGET"})
+                span.set_attribute("error.type", type(exc).__name__)
+                log.warning("redis MGET failed (%s); serving through the event loop", exc)
+                return None
+        return [r if isinstance(r, bytes) else None for r in replies]
+
+    def close(self) -> None:
+        self._client.close()
+
+
 class RedisCache:
     """The Redis round trips the policy needs, each failing open."""
 
@@ -378,8 +432,8 @@ class RedisCache:
             return None
 
         async def run() -> list[bytes | None]:
-            if isinstance(self._client, RedisCluster):
-                replies = await self._client.mget_nonatomic(keys)
+            if self._cluster:
+                replies = await self._client.mget_nonatomic(keys)  # type: ignore[union-attr]
             else:
                 replies = await self._client.mget(keys)
             return [r if isinstance(r, bytes) else None for r in replies]

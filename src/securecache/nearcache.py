@@ -66,7 +66,11 @@ class NearCache:
         return len(self._entries)
 
     def get(self, key: NearKey) -> Any:
-        """The record (or None for a known-absent id), or MISSING."""
+        """The record (or None for a known-absent id), or MISSING.
+
+        Safe to call from another thread than the loop's (the sync twin does): every step is
+        one dictionary operation, and an entry evicted in between is simply not found.
+        """
         if not self.usable:
             return MISSING
         found = self._entries.get(key)
@@ -75,10 +79,11 @@ class NearCache:
             return MISSING
         value, stored_at = found
         if self._clock() - stored_at > self._max_age:
-            del self._entries[key]
+            self._entries.pop(key, None)
             self._telemetry.near_misses.add(1)
             return MISSING
-        self._entries.move_to_end(key)
+        with contextlib.suppress(KeyError):
+            self._entries.move_to_end(key)
         self._telemetry.near_hits.add(1)
         return value
 

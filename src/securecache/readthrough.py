@@ -94,6 +94,11 @@ class CacheBackend(Protocol):
     async def announce(self, keys: Sequence[tuple[Kind, str]]) -> None: ...
 
 
+SCRIPT_FIRST_MISS_RATE = 0.5
+"""Above this share of misses in recent batches, a batch skips the MGET (see _lookup)."""
+MISS_RATE_WEIGHT = 0.2
+"""Weight of the latest batch in that moving average."""
+
 MAX_BATCH = models.MAX_BATCH
 """Most keys in one round trip; bigger batches are split (bounded Redis and SQL arguments)."""
 
@@ -175,6 +180,8 @@ class ReadThrough(Generic[R]):
         """The next batch: ids and the futures of the callers waiting for them."""
         self._inflight: Batch[R] = {}
         """Every id being loaded (or about to be), with its waiters: later gets join."""
+        self._miss_rate = 0.0
+        """Moving average of the share of a batch that missed: picks the first round trip."""
         self._lookups = 0
         """Loads in their first round trip (the lookup, or the query when Redis did not
         answer). While there is one, gets join the batch of this loop turn; with none, a get
@@ -195,14 +202,7 @@ class ReadThrough(Generic[R]):
                 record: R | None = found
                 return record
         with self._telemetry.call_span(f"securecache {self._namespace}.get") as span:
-            waiters = self._inflight.get(id_)
-            if waiters is None and not self._lookups and not self._pending:
-                # Nothing forming and nothing in flight: this get leaves at once, in the
-                # caller's own task (no added loop turn); gets arriving meanwhile form the
-                # next batch.
-                record, source = (await self._run({id_: []}))[id_]
-            else:
-                record, source = await self._waiter(id_, waiters)
+            record, source = await self.load(id_)
             span.set_attribute(SOURCE, source)
             return record
 
@@ -224,14 +224,40 @@ class ReadThrough(Generic[R]):
             return found
         with self._telemetry.call_span(f"securecache {self._namespace}.get_many") as span:
             span.set_attribute("securecache.ids", len(unique))
-            inflight = self._inflight
-            if not self._lookups and not self._pending and not any(i in inflight for i in unique):
-                answers = await self._run({i: [] for i in unique})
-                results = [answers[i] for i in unique]
-            else:
-                results = await asyncio.gather(*(self._waiter(i, inflight.get(i)) for i in unique))
-            found.update({i: r for i, (r, _) in zip(unique, results, strict=True) if r is not None})
+            found.update(await self.load_many(unique))
             return found
+
+    async def load(self, id_: str, *, missed: bool = False) -> tuple[R | None, str]:
+        """The record of ``id_`` (None: absent) and where it came from, past the near cache.
+
+        With nothing forming and nothing in flight, this read leaves at once, in the caller's
+        own task (no added loop turn); reads arriving meanwhile form the next batch.
+        ``missed``: the caller has just found no servable entry in Redis (the sync twin's
+        hit path), so the load leaves at once and starts with the lookup script.
+        """
+        waiters = self._inflight.get(id_)
+        if waiters is None and (missed or (not self._lookups and not self._pending)):
+            return (await self._run({id_: []}, script_first=missed))[id_]
+        return await self._waiter(id_, waiters)
+
+    async def load_many(self, ids: Sequence[str], *, missed: bool = False) -> dict[str, R]:
+        """The records among the distinct ``ids`` that exist, past the near cache (and see
+        :meth:`load` for ``missed``)."""
+        inflight = self._inflight
+        if missed or (not self._lookups and not self._pending):
+            joined = {i: self._waiter(i, inflight[i]) for i in ids if i in inflight}
+            fresh: Batch[R] = {i: [] for i in ids if i not in joined}
+            if not joined:
+                answers = await self._run(fresh, script_first=missed)
+            else:
+                both: list[Any] = await asyncio.gather(
+                    self._run(fresh, script_first=missed), *joined.values()
+                )
+                answers = {**both[0], **dict(zip(joined, both[1:], strict=True))}
+            results = [answers[i] for i in ids]
+        else:
+            results = await asyncio.gather(*(self._waiter(i, inflight.get(i)) for i in ids))
+        return {i: r for i, (r, _) in zip(ids, results, strict=True) if r is not None}
 
     def _waiter(self, id_: str, waiters: Waiters[R] | None) -> asyncio.Future[tuple[R | None, str]]:
         """A future for ``id_`` from the load in flight for it (``waiters``), or else from
@@ -267,7 +293,9 @@ class ReadThrough(Generic[R]):
         with contextlib.suppress(Exception):  # the waiters have it
             await self._run(batch)
 
-    async def _run(self, batch: Batch[R]) -> dict[str, tuple[R | None, str]]:
+    async def _run(
+        self, batch: Batch[R], *, script_first: bool = False
+    ) -> dict[str, tuple[R | None, str]]:
         """Load ``batch`` (ids and the futures waiting for them, which get their answer as it
         comes) and return every answer.
 
@@ -280,7 +308,7 @@ class ReadThrough(Generic[R]):
             self._inflight.setdefault(id_, waiters)
         answers: dict[str, tuple[R | None, str]] = {}
         try:
-            await self._read_through(batch, answers)
+            await self._read_through(batch, answers, script_first=script_first)
         except asyncio.CancelledError:
             self._requeue({i: w for i, w in batch.items() if i not in answers})
             raise
@@ -329,7 +357,7 @@ class ReadThrough(Generic[R]):
             del self._inflight[id_]  # answered: a later get starts afresh
 
     async def _read_through(
-        self, batch: Batch[R], answers: dict[str, tuple[R | None, str]]
+        self, batch: Batch[R], answers: dict[str, tuple[R | None, str]], *, script_first: bool
     ) -> None:
         """Redis first (the entries, and a lease for each miss, in one round trip); the
         misses from PostgreSQL in one query; then the fills under those leases.
@@ -347,7 +375,9 @@ class ReadThrough(Generic[R]):
         self._lookups += 1
         waiting = True
         try:
-            misses, leases, corrupt = await self._lookup(batch, answers, token, ticket)
+            misses, leases, corrupt = await self._lookup(
+                batch, answers, token, ticket, script_first=script_first
+            )
             if not misses:
                 return
             if any(leases[i] is not None for i in misses):
@@ -409,26 +439,41 @@ class ReadThrough(Generic[R]):
             self._near.put((self._kind, id_), record, ticket)
 
     async def _lookup(
-        self, batch: Batch[R], answers: dict[str, tuple[R | None, str]], token: str, ticket: int
+        self,
+        batch: Batch[R],
+        answers: dict[str, tuple[R | None, str]],
+        token: str,
+        ticket: int,
+        *,
+        script_first: bool,
     ) -> tuple[list[str], dict[str, int | None], dict[str, bytes]]:
         """Answer the hits; return the misses, their lease states (None: Redis did not
         answer) and the corrupt entries seen (which a fill may replace).
 
         The hits come from one MGET, Redis's cheapest read. Only what it did not serve is
         looked up again, by the script that also takes the leases (a fill may have landed in
-        between), so a miss costs one round trip more than a hit, never more than that.
+        between), so a miss costs one round trip more than a hit. While most recent reads
+        missed (a cold cache, a scan), the MGET would mostly come back empty: the batch then
+        goes to the script at once, which serves its hits as well (the entries without a TTL
+        aside) and leases its misses in one round trip.
         """
         ids = list(batch)
         kind = self._kind
         attrs = {"securecache.kind": str(kind)}
         cache = self._cache
-        raws = await cache.entries([self._keys.value(kind, i) for i in ids]) if cache else None
-        if cache is None or raws is None:  # Redis does not answer: all misses, no leases
+        if cache is None:
             self._telemetry.misses.add(len(ids), attrs)
             return ids, dict.fromkeys(ids), {}
-        rest = self._serve(batch, answers, ticket, zip(ids, raws, strict=True))
-        if not rest:
-            return [], {}, {}
+        rest = ids
+        if not script_first and self._miss_rate < SCRIPT_FIRST_MISS_RATE:
+            raws = await cache.entries([self._keys.value(kind, i) for i in ids])
+            if raws is None:  # Redis does not answer: all misses, no leases
+                self._telemetry.misses.add(len(ids), attrs)
+                return ids, dict.fromkeys(ids), {}
+            rest = self._serve(batch, answers, ticket, zip(ids, raws, strict=True))
+            if not rest:
+                self._miss_rate *= 1 - MISS_RATE_WEIGHT
+                return [], {}, {}
         pairs = [self._keys.pair(kind, i) for i in rest]
         answer = await cache.lookup(pairs, token, self._lease_ms)
         if answer is None:
@@ -445,6 +490,7 @@ class ReadThrough(Generic[R]):
                 log.warning("ignoring a corrupt cache entry for %s %s", kind, id_)
         if misses:
             self._telemetry.misses.add(len(misses), attrs)
+        self._miss_rate += MISS_RATE_WEIGHT * (len(misses) / len(ids) - self._miss_rate)
         # Entries the script took for servable but that fail our checks need a lease too.
         unleased = [i for i in misses if leases[i] == NO_LEASE_NEEDED]
         if unleased:
@@ -459,32 +505,66 @@ class ReadThrough(Generic[R]):
         entries: Iterable[tuple[str, bytes | None]],
     ) -> list[str]:
         """Answer each id whose entry can be served; return the others."""
+        hits, rest = self.servable(entries)
+        for id_, record in hits:
+            self._answer(batch, answers, id_, record, "redis" if record is not None else "absent")
+        self.keep(hits, ticket)
+        return rest
+
+    def servable(
+        self, entries: Iterable[tuple[str, bytes | None]]
+    ) -> tuple[list[tuple[str, R | None]], list[str]]:
+        """The entries read from Redis that may be served, as (id, record or None for a
+        known-absent id), and the ids of the others; counted as hits.
+
+        Free of I/O and of loop state, so the sync twin serves its hits with it on the
+        caller's thread, under the same rules.
+        """
         now_ms, horizon_ms = self._ttl.window()
-        audit = self._audit
-        audited: list[tuple[str, Security | Score | None]] = []
+        hits: list[tuple[str, R | None]] = []
         rest: list[str] = []
-        seen = 0
         decode, record_type = codec.decode_entry, self._type
         for id_, raw in entries:
-            seen += 1
             entry = decode(record_type, raw, id_, now_ms=now_ms, horizon_ms=horizon_ms)
             if entry is codec.ABSENT:
-                self._answer(batch, answers, id_, None, "absent")
-                self._remember(id_, None, ticket)
-                if audit is not None:
-                    audited.append((id_, None))
+                hits.append((id_, None))
             elif isinstance(entry, record_type):
-                self._answer(batch, answers, id_, entry, "redis")
-                self._remember(id_, entry, ticket)
-                if audit is not None:
-                    audited.append((id_, entry))
+                hits.append((id_, entry))
             else:
                 rest.append(id_)
-        if seen > len(rest):
-            self._telemetry.hits.add(seen - len(rest), {"securecache.kind": str(self._kind)})
-        if audit is not None and audited:
-            audit.sample(self._kind, audited)
-        return rest
+        if hits:
+            self._telemetry.hits.add(len(hits), {"securecache.kind": str(self._kind)})
+        return hits, rest
+
+    def keep(self, hits: Sequence[tuple[str, R | None]], ticket: int) -> None:
+        """Keep served hits in the near cache (unless invalidated since ``ticket``) and offer
+        them to the audit. On the loop's thread."""
+        for id_, record in hits:
+            self._remember(id_, record, ticket)
+        if self._audit is not None and hits:
+            self._audit.sample(self._kind, list(hits))
+
+    @property
+    def keeps(self) -> bool:
+        """Whether :meth:`keep` has anything to do (a near cache or an audit)."""
+        return self._near is not None or self._audit is not None
+
+    @property
+    def namespace(self) -> str:
+        """``securities`` or ``scores``: the facade's name for this kind (in span names)."""
+        return self._namespace
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._telemetry
+
+    @property
+    def keys(self) -> KeyScheme:
+        return self._keys
+
+    @property
+    def near(self) -> NearCache | None:
+        return self._near
 
     def _corrupt(self, raw: bytes, id_: str) -> bool:
         now_ms, horizon_ms = self._ttl.window()

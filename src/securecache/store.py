@@ -8,6 +8,8 @@ that cannot be had in ``db_timeout_seconds`` or a server that stops answering be
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -118,6 +120,32 @@ def _score(row: Sequence[Any]) -> Score:
     )
 
 
+IDLE_CHECK_SECONDS: Final = 1.0
+"""A pooled connection idle longer than this is checked (one round trip) before use."""
+
+_returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _stamp_return(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Note when a connection went back to the pool (the pool's ``reset`` callback)."""
+    _returned[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's ``check``: a round trip, for a connection that sat idle only.
+
+    Checking every checkout would double the round trips of a read (the check is an empty
+    query). A connection used in the last second has just worked; one that died since
+    (the server restarted) fails its request, is discarded, and the next request gets
+    another. One idle longer, which a restart may have cut while nobody noticed, is checked.
+    """
+    returned = _returned.get(conn)
+    if returned is None or time.monotonic() - returned > IDLE_CHECK_SECONDS:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 class Store:
     """Reads and writes the ``securecache`` schema through a connection pool."""
 
@@ -154,8 +182,9 @@ class Store:
             timeout=timeout,
             open=False,
             # A connection that died with a restarted server is replaced on checkout
-            # instead of failing one request.
-            check=AsyncConnectionPool.check_connection,
+            # instead of failing one request (checked only after it sat idle: see below).
+            check=_check_if_idle,
+            reset=_stamp_return,
             kwargs=kwargs,
             name="securecache",
         )

@@ -5,6 +5,12 @@ implementation on one event loop owned by a background thread and waits for its 
 there is one copy of the caching logic, and batching and single-flight work across the threads
 of a sync application too (their gets meet on the shared loop). Each sync method is declared
 in one line by :func:`_twin` from its async original, whose signature and docstring it takes.
+
+The one exception is the hit path of ``get`` and ``get_many``, which runs on the caller's
+thread: the near cache, then one blocking ``MGET``, decoded by the policy's own rules
+(:meth:`securecache.readthrough.ReadThrough.servable`). A hop to the loop thread and back
+costs more than the read itself; whatever the hit path cannot serve (a miss, Redis failing or
+recovering) goes through the loop as before.
 """
 
 from __future__ import annotations
@@ -12,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
 from securecache import client
-from securecache.models import Health
-from securecache.readthrough import CacheBackend
+from securecache.cache import SyncReader, connect_sync
+from securecache.models import Health, Score, Security, validate_id, validate_ids
+from securecache.nearcache import MISSING
+from securecache.readthrough import CacheBackend, R, ReadThrough
 from securecache.settings import Settings
+from securecache.telemetry import SOURCE
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -39,6 +49,10 @@ class _LoopThread:
             target=self._loop.run_forever, name="securecache-loop", daemon=True
         )
         self._thread.start()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         if threading.current_thread() is self._thread:
@@ -72,19 +86,104 @@ def _twin(
     return call
 
 
-class Securities(_Twin[client.Securities]):
+class _Reads(_Twin[Inner], Generic[Inner, R]):
+    """``get`` and ``get_many``, their hits served on the caller's thread.
+
+    The call's span is the caller's: it is opened on this thread (a child of the caller's
+    current span), and what runs on the loop for the rest carries it along, so one call is
+    one span whichever thread served it.
+    """
+
+    def __init__(
+        self, inner: Inner, loop: _LoopThread, reads: ReadThrough[R], reader: SyncReader | None
+    ) -> None:
+        super().__init__(inner, loop)
+        self._reads: ReadThrough[R] = reads
+        self._reader: SyncReader | None = reader
+
+    def get(self, security_id: str) -> R | None:
+        """The record of ``security_id``, or None if there is none."""
+        reads = self._reads
+        id_ = validate_id(security_id)
+        near = reads.near
+        if near is not None:
+            found = near.get((reads.kind, id_))
+            if found is not MISSING:
+                record: R | None = found
+                return record
+        with reads.telemetry.call_span(f"securecache {reads.namespace}.get") as span:
+            hits, _, missed = self._hits([id_])
+            if hits:
+                record = hits[0][1]
+                span.set_attribute(SOURCE, "redis" if record is not None else "absent")
+                return record
+            load = reads.load(id_, missed=missed)
+            record, source = self._loop.run(_carried(load, otel_context.get_current()))
+            span.set_attribute(SOURCE, source)
+            return record
+
+    def get_many(self, security_ids: Iterable[str]) -> dict[str, R]:
+        """The records among ``security_ids`` that exist, keyed by id."""
+        reads = self._reads
+        rest = list(dict.fromkeys(validate_ids(security_ids)))
+        found: dict[str, R] = {}
+        near = reads.near
+        if near is not None:
+            unknown = []
+            for id_ in rest:
+                hit = near.get((reads.kind, id_))
+                if hit is MISSING:
+                    unknown.append(id_)
+                elif hit is not None:
+                    found[id_] = hit
+            rest = unknown
+        if not rest:
+            return found
+        with reads.telemetry.call_span(f"securecache {reads.namespace}.get_many") as span:
+            span.set_attribute("securecache.ids", len(rest))
+            hits, rest, missed = self._hits(rest)
+            found.update((i, r) for i, r in hits if r is not None)
+            if rest:
+                load = reads.load_many(rest, missed=missed)
+                found.update(self._loop.run(_carried(load, otel_context.get_current())))
+            return found
+
+    def _hits(self, ids: Sequence[str]) -> tuple[list[tuple[str, R | None]], list[str], bool]:
+        """What one blocking MGET can serve of ``ids`` (a record, or None when known absent),
+        the other ids, and whether Redis answered (then those others are known misses)."""
+        reads = self._reads
+        if self._reader is None:
+            return [], list(ids), False
+        near = reads.near
+        ticket = near.ticket() if near is not None else 0
+        raws = self._reader.entries([reads.keys.value(reads.kind, i) for i in ids])
+        if raws is None:
+            return [], list(ids), False
+        hits, rest = reads.servable(zip(ids, raws, strict=True))
+        if hits and reads.keeps:  # the near cache and the audit belong to the loop
+            self._loop.loop.call_soon_threadsafe(reads.keep, hits, ticket)
+        return hits, rest, True
+
+
+async def _carried(awaitable: Coroutine[Any, Any, T], context: otel_context.Context) -> T:
+    """Await ``awaitable`` on the loop within ``context``, the caller's OpenTelemetry context
+    (taken on the caller's thread)."""
+    token = otel_context.attach(context)
+    try:
+        return await awaitable
+    finally:
+        otel_context.detach(token)
+
+
+class Securities(_Reads[client.Securities, Security]):
     """Sync twin of :class:`securecache.client.Securities`."""
 
-    get = _twin(client.Securities.get)
-    get_many = _twin(client.Securities.get_many)
     list = _twin(client.Securities.list)
 
 
-class Scores(_Twin[client.Scores]):
+class Scores(_Reads[client.Scores, Score]):
     """Sync twin of :class:`securecache.client.Scores`."""
 
-    get = _twin(client.Scores.get)
-    get_many = _twin(client.Scores.get_many)
     put = _twin(client.Scores.put)
     upsert = _twin(client.Scores.upsert)
     upsert_many = _twin(client.Scores.upsert_many)
@@ -110,8 +209,25 @@ class SecureCache(_Twin[client.SecureCache]):
             raise
         super().__init__(inner, loop)
         self.settings = inner.settings
-        self.securities = Securities(inner.securities, loop)
-        self.scores = Scores(inner.scores, loop)
+        s = inner.settings
+        # The seam (wrap_redis) must see every Redis call: with it, hits go through the loop.
+        self._reader = (
+            SyncReader(
+                connect_sync(
+                    s.redis_url,
+                    cluster=s.redis_cluster,
+                    timeout=s.redis_timeout_seconds,
+                    max_connections=s.redis_max_connections,
+                ),
+                inner._cache,
+                inner._telemetry,
+            )
+            if inner._cache is not None and s.redis_url and wrap_redis is None
+            else None
+        )
+        security_reads, score_reads = inner._reads
+        self.securities = Securities(inner.securities, loop, security_reads, self._reader)
+        self.scores = Scores(inner.scores, loop, score_reads, self._reader)
         self._closed = False
 
     def open(self) -> Self:
@@ -125,6 +241,8 @@ class SecureCache(_Twin[client.SecureCache]):
         try:
             self._loop.run(self._inner.aclose())
         finally:
+            if self._reader is not None:
+                self._reader.close()
             self._loop.stop()
 
     def __enter__(self) -> Self:

@@ -7,6 +7,7 @@ providers, which tests use to capture spans in memory.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -31,6 +32,8 @@ class Telemetry:
     ) -> None:
         self.tracer = trace.get_tracer(INSTRUMENTATION, __version__, tracer_provider)
         self._provider = tracer_provider
+        self._tracing = False
+        self._next_check = 0.0
         meter = metrics.get_meter(INSTRUMENTATION, __version__, meter_provider)
         self.hits = meter.create_counter(
             "securecache.cache.hits", unit="{entry}", description="Values served from Redis"
@@ -85,10 +88,22 @@ class Telemetry:
     def tracing(self) -> bool:
         """False while no SDK is installed: spans would be no-ops, so none is started.
 
-        Read on every call (a global lookup), so an SDK installed later is picked up.
+        An SDK installed later is picked up within a second: the global provider is looked
+        up again at most once a second (the look-up reads the environment, which costs more
+        than the rest of a hit), and once it is real it stays so (OpenTelemetry sets the
+        global provider once).
         """
+        if self._tracing:
+            return True
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + 1.0
         provider = self._provider if self._provider is not None else trace.get_tracer_provider()
-        return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        self._tracing = not isinstance(
+            provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider
+        )
+        return self._tracing
 
     @contextmanager
     def client_span(self, name: str, system: str, operation: str) -> Iterator[trace.Span]:
