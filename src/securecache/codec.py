@@ -263,41 +263,45 @@ def decode_entry(
     if raw is None:
         return None
     entry: R | Marker
-    entry, expires_ms = _decode_entry(kind, raw)
+    entry, expires_ms, entry_id = _decode_entry(kind, raw)
     if expires_ms:
         if expires_ms > horizon_ms:
             return CORRUPT
         if expires_ms <= now_ms:
             return EXPIRED
-    if id_ is not None and isinstance(entry, Security | Score) and record_id(entry) != id_:
+    if id_ is not None and entry_id is not None and entry_id != id_:
         return CORRUPT
     return entry
 
 
-def _decode_new_entry(kind: Any, raw: bytes) -> tuple[Any, int]:
-    """The entry (record or marker) in ``raw`` and its expiry (0 for a floor or corrupt)."""
+_NOT_SERVED: Final = (CORRUPT, 0, None)
+
+
+def _decode_new_entry(kind: Any, raw: bytes) -> tuple[Any, int, str | None]:
+    """The entry (record or marker) in ``raw``, its expiry (0 for a floor or corrupt) and
+    the id of its record (None for a marker)."""
     if len(raw) > MAX_ENTRY_BYTES:
-        return CORRUPT, 0
+        return _NOT_SERVED
     head, sep, rest = raw.partition(b"|")
     if not sep or not head.isdigit():
-        return CORRUPT, 0
+        return _NOT_SERVED
     version = int(head)
     if rest == FLOOR_BODY:
-        return (FLOOR, 0) if version != ABSENT_VERSION else (CORRUPT, 0)
+        return (FLOOR, 0, None) if version != ABSENT_VERSION else _NOT_SERVED
     stamp, sep, body = rest.partition(b"|")
     if not sep or not stamp.isdigit() or len(stamp) > 15:
-        return CORRUPT, 0
+        return _NOT_SERVED
     expires_ms = int(stamp)
     if not expires_ms:
-        return CORRUPT, 0
+        return _NOT_SERVED
     if version == ABSENT_VERSION:
-        return (ABSENT, expires_ms) if not body else (CORRUPT, 0)
+        return (ABSENT, expires_ms, None) if not body else _NOT_SERVED
     record = decode_record(kind, body)
     if record is None or record.version != version:
-        return CORRUPT, 0
-    return record, expires_ms
+        return _NOT_SERVED
+    return record, expires_ms, record_id(record)
 
 
-_decode_entry: Final[Callable[[Any, bytes], tuple[Any, int]]] = functools.lru_cache(
+_decode_entry: Final[Callable[[Any, bytes], tuple[Any, int, str | None]]] = functools.lru_cache(
     maxsize=2 * DECODED_ENTRIES
 )(_decode_new_entry)

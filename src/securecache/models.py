@@ -50,7 +50,12 @@ def validate_ids(values: object, field: str = "ids") -> list[str]:
         raise ValidationError(
             f"{field} must be an iterable of ids, not {type(values).__name__}", field=field
         )
-    return [validate_id(v, field) for v in values]
+    ids = list(values)
+    match = ID_PATTERN.fullmatch
+    for value in ids:
+        if not isinstance(value, str) or match(value) is None:
+            validate_id(value, field)  # raises, naming this one
+    return ids
 
 
 def validate_score_value(value: object, field: str) -> float:

@@ -466,7 +466,7 @@ class ReadThrough(Generic[R]):
             return ids, dict.fromkeys(ids), {}
         rest = ids
         if not script_first and self._miss_rate < SCRIPT_FIRST_MISS_RATE:
-            raws = await cache.entries([self._keys.value(kind, i) for i in ids])
+            raws = await cache.entries(self._keys.values(kind, ids))
             if raws is None:  # Redis does not answer: all misses, no leases
                 self._telemetry.misses.add(len(ids), attrs)
                 return ids, dict.fromkeys(ids), {}
@@ -508,7 +508,8 @@ class ReadThrough(Generic[R]):
         hits, rest = self.servable(entries)
         for id_, record in hits:
             self._answer(batch, answers, id_, record, "redis" if record is not None else "absent")
-        self.keep(hits, ticket)
+        if self.keeps:
+            self.keep(hits, ticket)
         return rest
 
     def servable(
@@ -523,10 +524,10 @@ class ReadThrough(Generic[R]):
         now_ms, horizon_ms = self._ttl.window()
         hits: list[tuple[str, R | None]] = []
         rest: list[str] = []
-        decode, record_type = codec.decode_entry, self._type
+        decode, record_type, absent = codec.decode_entry, self._type, codec.ABSENT
         for id_, raw in entries:
             entry = decode(record_type, raw, id_, now_ms=now_ms, horizon_ms=horizon_ms)
-            if entry is codec.ABSENT:
+            if entry is absent:
                 hits.append((id_, None))
             elif isinstance(entry, record_type):
                 hits.append((id_, entry))
