@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Final
 
 from opentelemetry import metrics, trace
@@ -20,6 +20,10 @@ from securecache._version import __version__
 INSTRUMENTATION: Final = "securecache"
 SOURCE: Final = "securecache.source"
 """Span attribute: where a single get's value came from (redis, postgres or absent)."""
+
+
+NO_SPAN: Final[AbstractContextManager[trace.Span]] = nullcontext(trace.INVALID_SPAN)
+"""What a span costs while no SDK is installed: nothing (a shared, reusable no-op)."""
 
 
 class Telemetry:
@@ -105,12 +109,22 @@ class Telemetry:
         )
         return self._tracing
 
-    @contextmanager
-    def client_span(self, name: str, system: str, operation: str) -> Iterator[trace.Span]:
+    def client_span(
+        self, name: str, system: str, operation: str
+    ) -> AbstractContextManager[trace.Span]:
         """A child span for one round trip to Redis or PostgreSQL."""
         if not self.tracing():
-            yield trace.INVALID_SPAN
-            return
+            return NO_SPAN
+        return self._client_span(name, system, operation)
+
+    def call_span(self, name: str) -> AbstractContextManager[trace.Span]:
+        """The span of one public library call."""
+        if not self.tracing():
+            return NO_SPAN
+        return self._call_span(name)
+
+    @contextmanager
+    def _client_span(self, name: str, system: str, operation: str) -> Iterator[trace.Span]:
         with self.tracer.start_as_current_span(
             name,
             kind=SpanKind.CLIENT,
@@ -120,11 +134,7 @@ class Telemetry:
             yield span
 
     @contextmanager
-    def call_span(self, name: str) -> Iterator[trace.Span]:
-        """The span of one public library call."""
-        if not self.tracing():
-            yield trace.INVALID_SPAN
-            return
+    def _call_span(self, name: str) -> Iterator[trace.Span]:
         with self.tracer.start_as_current_span(name, record_exception=True) as span:
             try:
                 yield span
