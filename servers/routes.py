@@ -147,6 +147,19 @@ class Operation:
     replies: tuple[Reply, ...]
     auth: Auth | None
 
+    _plan: tuple[tuple[str, Param, str, bool], ...] = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(
+            lambda self: tuple(
+                (a, p, self.wire_name(a, p), self.required(a, p)) for a, p in self.params
+            ),
+            takes_self=True,
+        ),
+    )
+    """(argument, declaration, wire name, required) per parameter: worked out once."""
+
     def wire_name(self, argument: str, param: Param) -> str:
         return param.name or argument
 
@@ -159,11 +172,10 @@ class Operation:
             self.auth.check(request)
         arguments: dict[str, Any] = {}
         problems: list[tuple[str, str]] = []
-        for argument, param in self.params:
-            name = self.wire_name(argument, param)
+        for argument, param, name, required in self._plan:
             raw = param.read(request, name)
             if raw is None:
-                if self.required(argument, param):
+                if required:
                     problems.append((name, f"{name} is required"))
                 else:
                     arguments[argument] = self.defaults[argument]

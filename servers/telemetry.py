@@ -308,8 +308,8 @@ class RequestTelemetry:
     as much as the rest of a cached read (it derives a dozen attributes from the scope and the
     headers, twice over for two conventions, and makes four measurements): this one extracts
     the caller's context only when a propagator's header is there, gives a span the
-    semantic conventions' attributes only when the span is recorded (a sampled-out request
-    pays for its ids and nothing else), and takes the route from the one Starlette routing
+    semantic conventions' attributes only once it is known to be recorded (a sampled-out
+    request pays for its ids and nothing else), and takes the route from the one Starlette routing
     has done (``scope["route"]``), naming the span once the request is served.
     """
 
@@ -347,14 +347,11 @@ class RequestTelemetry:
         if method not in KNOWN_METHODS:
             method = "_OTHER"
         parent, user_agent = _read_headers(scope["headers"], instruments.fields)
-        span = instruments.tracer.start_span(
-            method,
-            parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": path, "url.scheme": scheme},
-        )
+        # No attributes at the start: the SDK copies and checks them for the sampler even when
+        # it drops the span, and the samplers OTEL_TRACES_SAMPLER offers do not read them.
+        span = instruments.tracer.start_span(method, parent, kind=SpanKind.SERVER)
         if span.is_recording():
-            _describe(span, scope, user_agent)
+            _describe(span, scope, method, user_agent)
         status = 0
 
         async def send_status(message: Message) -> None:
@@ -429,9 +426,16 @@ def _host(scope: Scope) -> str:
     return f"{server[0]}:{server[1]}" if server and server[1] is not None else ""
 
 
-def _describe(span: trace.Span, scope: Scope, user_agent: bytes | None) -> None:
-    """The attributes a recorded server span carries beyond those it was started with."""
-    span.set_attribute("network.protocol.version", scope.get("http_version", "1.1"))
+def _describe(span: trace.Span, scope: Scope, method: str, user_agent: bytes | None) -> None:
+    """The attributes a recorded server span carries from the request."""
+    span.set_attributes(
+        {
+            "http.request.method": method,
+            "url.path": scope["path"],
+            "url.scheme": scope.get("scheme", "http"),
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+    )
     server = scope.get("server")
     if server:
         span.set_attribute("server.address", server[0])
