@@ -50,9 +50,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8090)
     args = parser.parse_args(argv)
     from servers.run import configure_logging, serve_apps
+    from servers.settings import ServerSettings
 
     configure_logging()
-    asyncio.run(serve_apps([(app, args.host, args.port)]))
+    # The server's own settings as the launcher reads them (header bounds, access log), so
+    # that both contenders always run under the same uvicorn configuration.
+    server = ServerSettings.from_env()
+    asyncio.run(
+        serve_apps([(app, args.host, args.port)], server.http_limits, access_log=server.access_log)
+    )
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def build_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestTelemetry, current=current, routes=routes)],
+        middleware=[Middleware(RequestTelemetry, current=current)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

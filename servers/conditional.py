@@ -67,14 +67,33 @@ def none_match(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in {t.removeprefix("W/") for t in tags}
 
 
+class _Encoded(Response):
+    """A response built from headers already encoded: the same bytes Starlette's
+    ``Response(body, media_type=JSON, headers=...)`` sends, without its per-request header
+    bookkeeping (the hot path of every cached read)."""
+
+    def __init__(
+        self, status_code: int, body: bytes, raw_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        self.raw_headers = raw_headers
+
+
+_JSON_TYPE: Final = (b"content-type", JSON.encode())
+
+
 def representation(
     if_none_match: str | None, body: bytes, etag: str, cache_control: str
 ) -> Response:
     """200 with the body, or 304 when If-None-Match already names it; both carry the tags."""
-    headers = {"ETag": etag, "Cache-Control": cache_control}
-    if none_match(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type=JSON, headers=headers)
+    tags = [(b"etag", etag.encode("latin-1")), (b"cache-control", cache_control.encode("latin-1"))]
+    if if_none_match is not None and none_match(if_none_match, etag):
+        return _Encoded(304, b"", tags)
+    tags.append((b"content-length", str(len(body)).encode()))
+    tags.append(_JSON_TYPE)
+    return _Encoded(200, body, tags)
 
 
 @attrs.frozen

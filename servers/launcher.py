@@ -69,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging()
     try:
         app, server = build(args.api, args.host)
-        asyncio.run(serve_apps([(app, args.host, port)], server.http_limits))
+        asyncio.run(
+            serve_apps([(app, args.host, port)], server.http_limits, access_log=server.access_log)
+        )
     except (StartupError, SecureCacheError) as exc:
         sys.exit(f"error: {exc}")

@@ -16,8 +16,10 @@ their schemas, its body, and every response it can give, including the errors th
 declaration implies (401 with authentication, 422 with parameters, 400/413/415 with a body).
 
 Arguments annotated ``Request`` or ``SecureCache`` are given the request and the
-application's cache (a 503 outside the lifespan). Each path is one Starlette
-``HTTPEndpoint``, so a method the path does not have is a 405 listing those it has in Allow.
+application's cache (a 503 outside the lifespan). Each path is one Starlette ``Route`` to a
+:class:`PathEndpoint`, which dispatches on the method (HEAD by GET, as Starlette's
+``HTTPEndpoint`` does), so a method the path does not have is a 405 listing those it has in
+Allow.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from typing import Annotated, Any, Final, Protocol, TypeVar
 
 import attrs
 from starlette.applications import Starlette
-from starlette.endpoints import HTTPEndpoint
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from securecache import SecureCache, UnavailableError
 from servers.params import JSON, JsonBody, Param, read_json, structure
@@ -144,6 +147,19 @@ class Operation:
     replies: tuple[Reply, ...]
     auth: Auth | None
 
+    _plan: tuple[tuple[str, Param, str, bool], ...] = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(
+            lambda self: tuple(
+                (a, p, self.wire_name(a, p), self.required(a, p)) for a, p in self.params
+            ),
+            takes_self=True,
+        ),
+    )
+    """(argument, declaration, wire name, required) per parameter: worked out once."""
+
     def wire_name(self, argument: str, param: Param) -> str:
         return param.name or argument
 
@@ -156,11 +172,10 @@ class Operation:
             self.auth.check(request)
         arguments: dict[str, Any] = {}
         problems: list[tuple[str, str]] = []
-        for argument, param in self.params:
-            name = self.wire_name(argument, param)
+        for argument, param, name, required in self._plan:
             raw = param.read(request, name)
             if raw is None:
-                if self.required(argument, param):
+                if required:
                     problems.append((name, f"{name} is required"))
                 else:
                     arguments[argument] = self.defaults[argument]
@@ -283,18 +298,47 @@ class Api:
 
 
 def starlette_routes(operations: Sequence[Operation]) -> list[Route]:
-    """One Route per path, its methods dispatched by an ``HTTPEndpoint``.
+    """One Route per path, its methods dispatched by a :class:`PathEndpoint`.
 
-    Paths without parameters come first, so ``/scores/batch`` is never taken for the score
-    of a security called ``batch``.
+    Starlette tries routes in order. A path without parameters that a templated path would
+    also match comes before it, so ``/scores/batch`` is never taken for the score of a
+    security called ``batch``; then the templated paths, the records every client asks
+    for; then the other fixed paths (the list, the probes, the document).
     """
     by_path: dict[str, dict[str, Operation]] = {}
     for operation in operations:
-        by_path.setdefault(operation.path, {})[operation.method.lower()] = operation
-    ordered = sorted(by_path, key=lambda path: path.count("{"))
-    return [Route(path, _endpoint(path, by_path[path])) for path in ordered]
+        by_path.setdefault(operation.path, {})[operation.method] = operation
+    routes = [Route(path, PathEndpoint(path, methods)) for path, methods in by_path.items()]
+    templated = [r for r in routes if r.param_convertors]
+    fixed = [r for r in routes if not r.param_convertors]
+    shadowed = [r for r in fixed if any(t.path_regex.match(r.path) for t in templated)]
+    return [*shadowed, *templated, *(r for r in fixed if r not in shadowed)]
 
 
-def _endpoint(path: str, operations: Mapping[str, Operation]) -> type[HTTPEndpoint]:
-    methods = {method: staticmethod(operation.__call__) for method, operation in operations.items()}
-    return type(f"Endpoint {path}", (HTTPEndpoint,), methods)
+_METHOD_ORDER: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY")
+"""The order Starlette's ``HTTPEndpoint`` lists methods in Allow (kept, so Allow is too)."""
+
+
+class PathEndpoint:
+    """The ASGI app of one path: its operations by method, HEAD answered by GET's, and a 405
+    listing the others in Allow.
+
+    What Starlette's ``HTTPEndpoint`` does, decided once per path rather than per request
+    (that class finds the methods it allows, by ``getattr``, each time it is called).
+    """
+
+    def __init__(self, path: str, operations: Mapping[str, Operation]) -> None:
+        self.__name__ = f"Endpoint {path}"
+        self.path = path
+        by_method = dict(operations)
+        if "GET" in by_method and "HEAD" not in by_method:
+            by_method["HEAD"] = by_method["GET"]
+        self._operations = by_method
+        self._allow = {"Allow": ", ".join(m for m in _METHOD_ORDER if m in by_method)}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        operation = self._operations.get(scope["method"])
+        if operation is None:
+            raise HTTPException(status_code=405, headers=self._allow)
+        response = await operation(Request(scope, receive, send))
+        await response(scope, receive, send)

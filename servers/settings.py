@@ -18,6 +18,11 @@ an HTTP server needs lives here:
   in process, and the launcher's default for ``python -m servers`` (9464 for the public
   API, 9465 for the internal one), so two APIs on one host do not collide.
 
+- ``SECURECACHE_ACCESS_LOG`` (``false``): uvicorn's access log, one INFO line per request.
+  Off by default: every request is already a sample of the request-duration histogram (and
+  a span, when exported), and the line costs more CPU than a near-cache read
+  (docs/performance.md); turn it on where a log line per request is wanted.
+
 A malformed value fails at start-up naming its variable, as the library's settings do.
 """
 
@@ -39,6 +44,7 @@ METRICS_PORT_VAR: Final = "SECURECACHE_METRICS_PORT"
 MAX_HEADER_BYTES_VAR: Final = "SECURECACHE_MAX_HEADER_BYTES"
 HEADER_TIMEOUT_VAR: Final = "SECURECACHE_HEADER_TIMEOUT_SECONDS"
 LISTEN_CHANGES_VAR: Final = "SECURECACHE_LISTEN_CHANGES"
+ACCESS_LOG_VAR: Final = "SECURECACHE_ACCESS_LOG"
 _MAX_PORT: Final = 65535
 
 
@@ -125,6 +131,8 @@ class ServerSettings:
     """Largest request line plus headers accepted (431 beyond)."""
     header_timeout_seconds: float = attrs.field(default=HEADER_TIMEOUT_SECONDS, validator=_positive)
     """Time a client has to send its headers before the connection is closed (slowloris)."""
+    access_log: bool = False
+    """uvicorn's access log: a line per request (off by default, see the module's docstring)."""
 
     @property
     def http_limits(self) -> HttpLimits:
@@ -138,7 +146,7 @@ class ServerSettings:
         default_metrics_port: int = 0,
         metrics_host: str = "127.0.0.1",
     ) -> ServerSettings:
-        """Read ``SECURECACHE_API_TOKENS[_FILE]`` and ``SECURECACHE_METRICS_PORT``."""
+        """Read the ``SECURECACHE_*`` variables the module's docstring lists."""
         env = os.environ if environ is None else environ
         raw_port = env.get(METRICS_PORT_VAR, "").strip()
         try:
@@ -165,8 +173,19 @@ class ServerSettings:
             api_tokens=_split_tokens(read_secret(API_TOKENS_VAR, env) or ""),
             metrics_port=port,
             metrics_host=metrics_host,
+            access_log=_flag(ACCESS_LOG_VAR, "access_log", env.get(ACCESS_LOG_VAR, "")),
             **limits,
         )
+
+
+def _flag(var: str, field: str, raw: str) -> bool:
+    """A boolean variable: true/false (also 1/0, yes/no, on/off); unset or empty is false."""
+    lowered = raw.strip().lower()
+    if lowered in {"", "0", "false", "no", "off"}:
+        return False
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    raise ConfigurationError(f"{var}: {raw!r} is not true or false", field=field)
 
 
 def _split_tokens(raw: str) -> tuple[str, ...]:

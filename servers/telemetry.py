@@ -4,11 +4,12 @@ The library only speaks the OpenTelemetry API; a process that serves HTTP decide
 spans and measurements go, from the standard ``OTEL_*`` variables:
 
 - Traces are exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
-  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set; without one the servers still trace (so
-  trace ids propagate) but export nothing, and say so once at start-up. Sampling follows
-  ``OTEL_TRACES_SAMPLER``.
+  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (sampling follows ``OTEL_TRACES_SAMPLER``);
+  without one the servers still start a span per request, so trace ids propagate, but
+  record none (nothing would receive them), and say so once at start-up.
 - Metrics (the library's counters: hits, misses, fills, CAS refusals, corrupt entries, Redis
-  errors, queries; and the request duration histogram of the ASGI instrumentation) are
+  errors, queries; and the servers' ``http.server.request.duration`` histogram and
+  ``http.server.active_requests``, from :class:`RequestTelemetry`) are
   exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
   ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` is set, and served for Prometheus on
   ``SECURECACHE_METRICS_PORT`` (its own port: never on the API's).
@@ -23,26 +24,30 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
 
 import attrs
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.http import get_excluded_urls
 from prometheus_client import CollectorRegistry, start_http_server
-from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PUBLIC_SERVICE_NAME = "securecache-public-api"
 INTERNAL_SERVICE_NAME = "securecache-internal-api"
@@ -104,25 +109,31 @@ def tracing_from_env(default_service_name: str) -> Tracing:
     if _true(os.environ.get("OTEL_SDK_DISABLED")):
         return Tracing(trace.NoOpTracerProvider(), "tracing disabled (OTEL_SDK_DISABLED)")
     resource, name = _resource(default_service_name)
-    provider = TracerProvider(resource=resource)
     exporters = _exporters("OTEL_TRACES_EXPORTER")
+    processors: list[SpanProcessor] = []
     sent_to: list[str] = []
     if "console" in exporters:
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
         sent_to.append("the console")
     endpoint = _endpoint(_TRACES_ENDPOINT_VARS)
     if "otlp" in exporters and endpoint:
         # Imported here: the exporter pulls in requests and protobuf, needless without a collector.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
         sent_to.append(f"OTLP/HTTP at {endpoint}")
     if sent_to:
+        provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
+        for processor in processors:
+            provider.add_span_processor(processor)
         return Tracing(provider, f"tracing {name}: spans exported to {' and '.join(sent_to)}")
+    # Nowhere to send them: recording spans would only cost (attributes, events, timestamps
+    # for nothing). A provider that records none still gives every span its ids, continuing
+    # the caller's trace, so the context propagates as before.
     return Tracing(
-        provider,
+        TracerProvider(resource=resource, sampler=ALWAYS_OFF),
         f"tracing {name}: no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT), "
-        "spans are not exported",
+        "spans are not exported (nor recorded)",
     )
 
 
@@ -196,21 +207,15 @@ def _stopper(server: Any, thread: threading.Thread) -> Callable[[], None]:
 
 # -- the request middleware -------------------------------------------------------------------
 
-
-def _span_details(
-    routes: Sequence[BaseRoute],
-) -> Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]:
-    """Name request spans after the route template (``GET /securities/{id}``), not the path,
-    so span names stay few however many ids are asked for."""
-
-    def details(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        method = str(scope.get("method", "HTTP"))
-        for route in routes:
-            if isinstance(route, Route) and route.matches(scope)[0] is Match.FULL:
-                return f"{method} {route.path}", {"http.route": route.path}
-        return method, {}
-
-    return details
+KNOWN_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY"}
+)
+"""Methods named as sent in spans and metrics; any other is ``_OTHER`` (semantic conventions),
+so a client cannot grow the metrics' label sets."""
+DURATION_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+"""The semantic conventions' advice for ``http.server.request.duration``, in seconds."""
 
 
 class CurrentProviders:
@@ -226,42 +231,220 @@ class CurrentProviders:
         self.meter_provider = meter_provider
 
 
-class RequestTelemetry:
-    """ASGI middleware: OpenTelemetry's server spans and request metrics (the duration
-    histogram, requests in flight), from the providers current at the time.
+class _Measures:
+    """One meter provider's request instruments, made once per provider (two apps measured
+    by one provider share them, as they share the process)."""
 
-    OpenTelemetryMiddleware takes its providers when it is built, which Starlette does before
-    the lifespan has made them; so it is built here, for each new pair, on its first request.
-    """
+    def __init__(self, provider: metrics.MeterProvider) -> None:
+        meter = provider.get_meter("servers")
+        self.duration = meter.create_histogram(
+            "http.server.request.duration",
+            unit="s",
+            description="Duration of HTTP server requests.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.in_flight: dict[tuple[str, str], int] = {}
+        """Requests being served, by (method, scheme): counted with plain integers and read
+        when the metrics are collected, which costs a request nothing but two additions."""
+        meter.create_observable_up_down_counter(
+            "http.server.active_requests",
+            callbacks=[self._observe],
+            unit="{request}",
+            description="Number of active HTTP server requests.",
+        )
+
+    def record(
+        self, seconds: float, method: str, scheme: str, template: str | None, status: int
+    ) -> None:
+        attributes: dict[str, str | int] = {"http.request.method": method, "url.scheme": scheme}
+        if status:
+            attributes["http.response.status_code"] = status
+        if template is not None:
+            attributes["http.route"] = template
+        self.duration.record(seconds, attributes)
+
+    def _observe(self, _options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(count, {"http.request.method": method, "url.scheme": scheme})
+            for (method, scheme), count in list(self.in_flight.items())
+        ]
+
+
+_MEASURES: Final[weakref.WeakKeyDictionary[metrics.MeterProvider, _Measures]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _measures(provider: metrics.MeterProvider) -> _Measures:
+    measures = _MEASURES.get(provider)
+    if measures is None:
+        measures = _MEASURES[provider] = _Measures(provider)
+    return measures
+
+
+class _Instruments:
+    """What requests are traced and measured with, for one pair of providers."""
 
     def __init__(
-        self, app: ASGIApp, *, current: CurrentProviders, routes: Sequence[BaseRoute]
+        self, tracer_provider: trace.TracerProvider, meter_provider: metrics.MeterProvider | None
     ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.tracer = tracer_provider.get_tracer("servers")
+        self.measures = None if meter_provider is None else _measures(meter_provider)
+        # The headers the configured propagators read (traceparent, tracestate, baggage...):
+        # a request without any of them starts a new trace without a propagator call.
+        self.fields = frozenset(
+            f.lower().encode("latin-1") for f in propagate.get_global_textmap().fields
+        )
+
+
+class RequestTelemetry:
+    """ASGI middleware: a SERVER span per request, named after its route template, and the
+    request metrics (``http.server.request.duration``, ``http.server.active_requests``),
+    from the providers current at the time.
+
+    Written here rather than taken from OpenTelemetry's ASGI instrumentation, which cost about
+    as much as the rest of a cached read (it derives a dozen attributes from the scope and the
+    headers, twice over for two conventions, and makes four measurements): this one extracts
+    the caller's context only when a propagator's header is there, gives a span the
+    semantic conventions' attributes only once it is known to be recorded (a sampled-out
+    request pays for its ids and nothing else), and takes the route from the one Starlette routing
+    has done (``scope["route"]``), naming the span once the request is served.
+    """
+
+    def __init__(self, app: ASGIApp, *, current: CurrentProviders) -> None:
         self.app = app
         self._current = current
-        self._excluded_urls = get_excluded_urls("ASGI")
-        self._span_details = _span_details(routes)
-        self._built: tuple[trace.TracerProvider, metrics.MeterProvider | None, ASGIApp] | None
-        self._built = None
+        self._excluded = get_excluded_urls("ASGI")
+        self._instruments: _Instruments | None = None
+
+    def _for(
+        self, tracer_provider: trace.TracerProvider, meter_provider: metrics.MeterProvider | None
+    ) -> _Instruments:
+        instruments = self._instruments
+        if (
+            instruments is None
+            or instruments.tracer_provider is not tracer_provider
+            or instruments.meter_provider is not meter_provider
+        ):
+            instruments = self._instruments = _Instruments(tracer_provider, meter_provider)
+        return instruments
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tracer_provider = self._current.tracer_provider
-        meter_provider = self._current.meter_provider
-        if tracer_provider is None or scope["type"] not in {"http", "websocket"}:
+        if tracer_provider is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        built = self._built
-        if built is None or built[0] is not tracer_provider or built[1] is not meter_provider:
-            middleware = OpenTelemetryMiddleware(
-                self.app,
-                tracer_provider=tracer_provider,
-                meter_provider=meter_provider or metrics.NoOpMeterProvider(),
-                excluded_urls=self._excluded_urls,
-                default_span_details=self._span_details,
-                # No span per ASGI message ("http send"/"http receive"): two more spans a
-                # request that say nothing the request's span does not, at a third of the
-                # server's tracing cost (measured with cProfile on GET /securities/{id}).
-                exclude_spans=["receive", "send"],
-            )
-            built = self._built = (tracer_provider, meter_provider, middleware)
-        await built[2](scope, receive, send)
+        path: str = scope["path"]
+        scheme: str = scope.get("scheme", "http")
+        if self._excluded.url_disabled(f"{scheme}://{_host(scope)}{path}"):
+            await self.app(scope, receive, send)
+            return
+        instruments = self._for(tracer_provider, self._current.meter_provider)
+        started = time.perf_counter()
+        method: str = scope["method"]
+        if method not in KNOWN_METHODS:
+            method = "_OTHER"
+        parent, user_agent = _read_headers(scope["headers"], instruments.fields)
+        # No attributes at the start: the SDK copies and checks them for the sampler even when
+        # it drops the span, and the samplers OTEL_TRACES_SAMPLER offers do not read them.
+        span = instruments.tracer.start_span(method, parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            _describe(span, scope, method, user_agent)
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        measures = instruments.measures
+        if measures is not None:
+            in_flight = measures.in_flight
+            in_flight[method, scheme] = in_flight.get((method, scheme), 0) + 1
+        token = context.attach(trace.set_span_in_context(span, parent))
+        try:
+            await self.app(scope, receive, send_status)
+        except BaseException as exc:
+            if span.is_recording():
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            status = status or 500
+            raise
+        finally:
+            context.detach(token)
+            route = scope.get("route")
+            template = route.path if isinstance(route, Route) else None
+            _end(span, method, template, status)
+            if measures is not None:
+                measures.in_flight[method, scheme] -= 1
+                measures.record(time.perf_counter() - started, method, scheme, template, status)
+
+
+def _read_headers(
+    headers: Iterable[tuple[bytes, bytes]], fields: frozenset[bytes]
+) -> tuple[Context | None, bytes | None]:
+    """The caller's context (None without a propagator's header) and the User-Agent."""
+    propagated = False
+    user_agent = None
+    for name, value in headers:
+        if name in fields:
+            propagated = True
+        elif name == b"user-agent":
+            user_agent = value
+    return (_extract(headers, fields) if propagated else None), user_agent
+
+
+def _end(span: trace.Span, method: str, template: str | None, status: int) -> None:
+    """Name a recorded span after its route, give it the status, and end it."""
+    if span.is_recording():
+        if template is not None:
+            span.update_name(f"{method} {template}")
+            span.set_attribute("http.route", template)
+        if status:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+    span.end()
+
+
+def _extract(headers: Iterable[tuple[bytes, bytes]], fields: frozenset[bytes]) -> Context:
+    """The caller's context from the propagators' headers (repeats joined, as HTTP allows)."""
+    carrier: dict[str, str] = {}
+    for name, value in headers:
+        if name in fields:
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
+    return propagate.extract(carrier)
+
+
+def _host(scope: Scope) -> str:
+    server = scope.get("server")
+    return f"{server[0]}:{server[1]}" if server and server[1] is not None else ""
+
+
+def _describe(span: trace.Span, scope: Scope, method: str, user_agent: bytes | None) -> None:
+    """The attributes a recorded server span carries from the request."""
+    span.set_attributes(
+        {
+            "http.request.method": method,
+            "url.path": scope["path"],
+            "url.scheme": scope.get("scheme", "http"),
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+    )
+    server = scope.get("server")
+    if server:
+        span.set_attribute("server.address", server[0])
+        if server[1] is not None:
+            span.set_attribute("server.port", server[1])
+    client = scope.get("client")
+    if client:
+        span.set_attribute("client.address", client[0])
+    if query := scope.get("query_string"):
+        span.set_attribute("url.query", query.decode("latin-1"))
+    if user_agent is not None:
+        span.set_attribute("user_agent.original", user_agent.decode("latin-1"))

@@ -34,8 +34,8 @@ async def test_prometheus_endpoint_serves_cache_counters_and_request_latency(
     make_securities: Any,
 ) -> None:
     """A miss then a hit: /metrics on SECURECACHE_METRICS_PORT counts one of each and has the
-    requests' duration histogram; the API's own port has no /metrics; the endpoint closes
-    with the app."""
+    requests' duration histogram, by route and status, and the requests in flight; the API's
+    own port has no /metrics; the endpoint closes with the app."""
     for name in list(os.environ):
         if name.startswith("OTEL_"):
             monkeypatch.delenv(name)
@@ -61,10 +61,15 @@ async def test_prometheus_endpoint_serves_cache_counters_and_request_latency(
     text = scraped.text
     assert sum(samples(text, "securecache_cache_misses_total").values()) >= 1
     assert sum(samples(text, "securecache_cache_hits_total").values()) >= 1
-    durations = samples(text, "http_server_duration_milliseconds_count") or samples(
-        text, "http_server_request_duration_seconds_count"
-    )
+    durations = samples(text, "http_server_request_duration_seconds_count")
     assert sum(durations.values()) >= 3
+    by_route = [
+        count
+        for labels, count in durations.items()
+        if 'http_route="/securities/{id}"' in labels and 'http_response_status_code="200"' in labels
+    ]
+    assert by_route == [2]
+    assert samples(text, "http_server_active_requests")
     with pytest.raises(httpx.TransportError):
         await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=2)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import propagate
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -22,7 +23,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 
 from launched import launch_environment, launched
@@ -122,6 +123,9 @@ async def test_a_miss_traces_server_cache_and_database(
     assert server.name == "GET /securities/{id}"
     assert server.attributes is not None
     assert server.attributes["http.route"] == "/securities/{id}"
+    assert server.attributes["http.request.method"] == "GET"
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["url.path"] == f"/securities/{sid}"
     assert server.parent is None
     (get,) = named(spans, "securecache securities.get")
     (select,) = named(spans, "SELECT securecache.security")
@@ -167,6 +171,27 @@ async def test_the_server_span_continues_the_caller_trace(
     assert {f"{s.context.trace_id:032x}" for s in spans} == {trace_id}
 
 
+async def test_requests_without_a_route_are_spans_named_by_their_method(
+    public: httpx.AsyncClient, exporter: InMemorySpanExporter
+) -> None:
+    """An unknown path is a SERVER span named ``GET`` (no template to name it after) with its
+    404; a method the path lacks is named after the path's template, with its 405; neither
+    is an error on the server's side."""
+    exporter.clear()
+    assert (await public.get("/no/such/thing")).status_code == 404
+    assert (await public.delete("/securities/SEC1")).status_code == 405
+    unknown, wrong_method = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert unknown.name == "GET"
+    assert unknown.attributes is not None
+    assert unknown.attributes["http.response.status_code"] == 404
+    assert "http.route" not in unknown.attributes
+    assert wrong_method.name == "DELETE /securities/{id}"
+    assert wrong_method.attributes is not None
+    assert wrong_method.attributes["http.response.status_code"] == 405
+    for span in (unknown, wrong_method):
+        assert span.status.status_code is StatusCode.UNSET
+
+
 async def test_a_write_traces_the_upsert_under_the_request(
     internal: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
 ) -> None:
@@ -193,6 +218,28 @@ def test_tracing_from_env_without_a_collector(monkeypatch: pytest.MonkeyPatch) -
     assert tracing.provider.resource.attributes["service.name"] == PUBLIC_SERVICE_NAME
     assert "not exported" in tracing.description
     tracing.provider.shutdown()
+
+
+def test_without_a_collector_spans_are_not_recorded_but_the_trace_continues(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No endpoint: the provider records nothing (nothing would receive it), yet a span still
+    takes the caller's trace id from its traceparent, and a span without one a fresh id."""
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    tracing = tracing_from_env(PUBLIC_SERVICE_NAME)
+    tracer = tracing.provider.get_tracer("test")
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    caller = propagate.extract({"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    continued = tracer.start_span("continued", caller, kind=SpanKind.SERVER)
+    fresh = tracer.start_span("fresh", kind=SpanKind.SERVER)
+    assert not continued.is_recording()
+    assert not fresh.is_recording()
+    assert f"{continued.get_span_context().trace_id:032x}" == trace_id
+    assert fresh.get_span_context().is_valid
+    assert fresh.get_span_context().trace_id != continued.get_span_context().trace_id
+    tracing.shutdown()
 
 
 def test_tracing_from_env_with_a_collector(monkeypatch: pytest.MonkeyPatch) -> None:
