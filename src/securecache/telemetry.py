@@ -7,8 +7,9 @@ providers, which tests use to capture spans in memory.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Final
 
@@ -26,6 +27,33 @@ NO_SPAN: Final[AbstractContextManager[trace.Span]] = nullcontext(trace.INVALID_S
 """What a span costs while no SDK is installed: nothing (a shared, reusable no-op)."""
 
 
+class Tally:
+    """A counter kept in process and reported when metrics are collected (an OpenTelemetry
+    observable counter, cumulative).
+
+    A synchronous SDK counter costs 3.5-5.5 us an ``add`` (measured with ``timeit``), as much
+    as a whole near-cache hit; here an ``add`` is a dictionary update under a lock (the sync
+    twin counts from its callers' threads). Same ``add(amount, attributes)`` as a counter.
+    """
+
+    def __init__(self, meter: metrics.Meter, name: str, *, unit: str, description: str) -> None:
+        self._counts: dict[tuple[tuple[str, str], ...], int] = {}
+        self._lock = threading.Lock()
+        meter.create_observable_counter(
+            name, callbacks=[self._observe], unit=unit, description=description
+        )
+
+    def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None:
+        key = tuple(attributes.items()) if attributes else ()
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + amount
+
+    def _observe(self, _options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        with self._lock:
+            counts = list(self._counts.items())
+        return [metrics.Observation(total, dict(key)) for key, total in counts]
+
+
 class Telemetry:
     """The tracer and the counters of one SecureCache instance."""
 
@@ -39,54 +67,71 @@ class Telemetry:
         self._tracing = False
         self._next_check = 0.0
         meter = metrics.get_meter(INSTRUMENTATION, __version__, meter_provider)
-        self.hits = meter.create_counter(
-            "securecache.cache.hits", unit="{entry}", description="Values served from Redis"
+        self.hits = Tally(
+            meter, "securecache.cache.hits", unit="{entry}", description="Values served from Redis"
         )
-        self.misses = meter.create_counter(
-            "securecache.cache.misses", unit="{entry}", description="Values not found in Redis"
+        self.misses = Tally(
+            meter,
+            "securecache.cache.misses",
+            unit="{entry}",
+            description="Values not found in Redis",
         )
-        self.fills = meter.create_counter(
-            "securecache.cache.fills", unit="{entry}", description="Values written to Redis"
+        self.fills = Tally(
+            meter, "securecache.cache.fills", unit="{entry}", description="Values written to Redis"
         )
-        self.cas_rejections = meter.create_counter(
+        self.cas_rejections = Tally(
+            meter,
             "securecache.cache.cas_rejections",
             unit="{entry}",
             description="Cache writes refused because a newer version or no lease was there",
         )
-        self.lease_waits = meter.create_counter(
+        self.lease_waits = Tally(
+            meter,
             "securecache.cache.lease_waits",
             unit="{entry}",
             description="Misses that waited for another process's fill (by outcome)",
         )
-        self.near_hits = meter.create_counter(
-            "securecache.near.hits", unit="{entry}", description="Values served from memory"
+        self.near_hits = Tally(
+            meter, "securecache.near.hits", unit="{entry}", description="Values served from memory"
         )
-        self.near_misses = meter.create_counter(
-            "securecache.near.misses", unit="{entry}", description="Near-cache look-ups missed"
+        self.near_misses = Tally(
+            meter,
+            "securecache.near.misses",
+            unit="{entry}",
+            description="Near-cache look-ups missed",
         )
-        self.near_evictions = meter.create_counter(
+        self.near_evictions = Tally(
+            meter,
             "securecache.near.evictions",
             unit="{entry}",
             description="Near-cache entries evicted for room (least recently used)",
         )
-        self.corrupt = meter.create_counter(
-            "securecache.cache.corrupt", unit="{entry}", description="Untrusted entries ignored"
+        self.corrupt = Tally(
+            meter,
+            "securecache.cache.corrupt",
+            unit="{entry}",
+            description="Untrusted entries ignored",
         )
-        self.redis_errors = meter.create_counter(
-            "securecache.redis.errors", unit="{error}", description="Failed Redis round trips"
+        self.redis_errors = Tally(
+            meter,
+            "securecache.redis.errors",
+            unit="{error}",
+            description="Failed Redis round trips",
         )
-        self.audit_checked = meter.create_counter(
+        self.audit_checked = Tally(
+            meter,
             "securecache.audit.checked",
             unit="{entry}",
             description="Cache hits the consistency audit compared with PostgreSQL",
         )
-        self.audit_inconsistent = meter.create_counter(
+        self.audit_inconsistent = Tally(
+            meter,
             "securecache.audit.inconsistent",
             unit="{entry}",
             description="Audited entries that disagreed with PostgreSQL (by kind); dropped",
         )
-        self.db_queries = meter.create_counter(
-            "securecache.db.queries", unit="{query}", description="PostgreSQL statements run"
+        self.db_queries = Tally(
+            meter, "securecache.db.queries", unit="{query}", description="PostgreSQL statements run"
         )
 
     def tracing(self) -> bool:
