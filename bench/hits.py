@@ -1,13 +1,14 @@
 """Hits: every key already cached. securecache beside the floor and its peers.
 
-The floor is what any Redis-backed Python cache pays at least: redis-py at its fastest
-sending ``GET`` (or ``MGET``) and orjson decoding the reply, with no validation and no record
-type. "At its fastest" means without a socket timeout: redis-py's default of 5 s bounds each
-asyncio send with ``asyncio.wait_for``, a Task per command on Python 3.11 (securecache drops it
-too, and bounds each operation with one deadline of its own instead). Peers are configured as their documentation recommends:
-aiocache's ``RedisCache`` (JSON serializer), cashews' Redis backend with a ``secret`` (its
-signed pickles), dogpile.cache's Redis region. They return plain dicts; securecache returns
-validated ``Score`` records. Every contender reads the same records, under its own keys.
+The floor is what any Redis-backed Python cache pays at least: redis-py at its fastest sending
+``GET`` (or ``MGET``) and orjson decoding the reply, with no validation and no record type. "At
+its fastest" means without a socket timeout: redis-py's default of 5 s bounds each asyncio send
+with ``asyncio.wait_for``, a Task per command on Python 3.11 (securecache drops it too, and
+bounds each operation with one deadline of its own instead). Peers are configured as their
+documentation recommends: aiocache's ``RedisCache`` (JSON serializer), cashews' Redis backend
+with a ``secret`` (its signed pickles), dogpile.cache's Redis region. They return plain dicts;
+securecache returns validated ``Score`` records. Every contender reads the same records, under
+its own keys.
 """
 
 from __future__ import annotations

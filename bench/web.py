@@ -1,13 +1,14 @@
 """HTTP: the public API as a real server process under wrk, beside a constant-JSON endpoint.
 
-Both servers are started the same way, one at a time, on the same machine as wrk: through
-the servers' launcher (``python -m servers public``, and :mod:`bench.constant_app` through
-the same ``servers.run`` functions) when the launcher exists, otherwise both with the same
-``python -m uvicorn MODULE:app`` command line. The public API runs as shipped: the reader's
-database URL, tracing on with no exporter (no ``OTEL_*`` variables: a span per request, none
-recorded), its own logging (the access log off: ``SECURECACHE_ACCESS_LOG`` unset, for both
-servers alike); once without and once with the near cache (``SECURECACHE_LOCAL_CACHE_SIZE``).
-The cache is warmed before wrk starts; wrk's own latency distribution gives p50 and p99.
+Both servers are started the same way, one at a time, on the same machine as wrk: through the
+servers' launcher (``python -m servers public``, and :mod:`bench.constant_app` through the same
+``servers.run`` functions) when the launcher exists, otherwise both with the same ``python -m
+uvicorn MODULE:app`` command line. The public API runs as shipped: the reader's database URL,
+no trace exporter (no ``OTEL_*`` variables: then neither the servers nor the library make
+spans), Prometheus metrics on, its own logging (the access log off: ``SECURECACHE_ACCESS_LOG``
+unset, for both servers alike); once without and once with the near cache
+(``SECURECACHE_LOCAL_CACHE_SIZE``). The cache is warmed before wrk starts; wrk's own latency
+distribution gives p50 and p99.
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ def http_phase(
         "connections": connections,
         "threads": threads,
         "tracing": (
-            "on (OpenTelemetry SDK installed, no exporter: a span per request, none recorded); "
-            "OTEL_* unset; access log off (SECURECACHE_ACCESS_LOG unset) for both servers"
+            "no exporter (OTEL_* unset): no spans; metrics on (Prometheus endpoint, request "
+            "duration histogram); access log off (SECURECACHE_ACCESS_LOG unset) for both servers"
         ),
     }

@@ -27,6 +27,15 @@ NO_SPAN: Final[AbstractContextManager[trace.Span]] = nullcontext(trace.INVALID_S
 """What a span costs while no SDK is installed: nothing (a shared, reusable no-op)."""
 
 
+def _unsampled_parent() -> bool:
+    """True inside a span that was not sampled: a child would not be either (OpenTelemetry's
+    default, parent-based sampling, and the servers' "no exporter" provider, which samples
+    nothing), so none is started. A sampler that keeps children of dropped parents would
+    lose the library's spans under those parents."""
+    context = trace.get_current_span().get_span_context()
+    return context.is_valid and not context.trace_flags.sampled
+
+
 class Tally:
     """A counter kept in process and reported when metrics are collected (an OpenTelemetry
     observable counter, cumulative).
@@ -37,6 +46,7 @@ class Tally:
     """
 
     def __init__(self, meter: metrics.Meter, name: str, *, unit: str, description: str) -> None:
+        self.name = name
         self._counts: dict[tuple[tuple[str, str], ...], int] = {}
         self._lock = threading.Lock()
         meter.create_observable_counter(
@@ -158,13 +168,13 @@ class Telemetry:
         self, name: str, system: str, operation: str
     ) -> AbstractContextManager[trace.Span]:
         """A child span for one round trip to Redis or PostgreSQL."""
-        if not self.tracing():
+        if not self.tracing() or _unsampled_parent():
             return NO_SPAN
         return self._client_span(name, system, operation)
 
     def call_span(self, name: str) -> AbstractContextManager[trace.Span]:
         """The span of one public library call."""
-        if not self.tracing():
+        if not self.tracing() or _unsampled_parent():
             return NO_SPAN
         return self._call_span(name)
 
