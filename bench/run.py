@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m bench", description="securecache beside its floor and its peers."
     )
     parser.add_argument("--ops", type=int, default=2000, help="calls per round (default 2000)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds per workload (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds per workload (default 5)")
     parser.add_argument("--keys", type=int, default=10_000, help="securities seeded")
     parser.add_argument("--herd", type=int, default=HERD, help="concurrent cold reads of a key")
     parser.add_argument(

@@ -245,7 +245,7 @@ def http_phase(
     wrk_argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
     notes = {
         "constant": "the framework and server alone",
-        "public_api": "as shipped: tracing on without exporter, near cache off",
+        "public_api": "as shipped: no trace exporter (so no spans), metrics on, near cache off",
         "public_api_near": "as shipped, SECURECACHE_LOCAL_CACHE_SIZE=10000",
     }
     for contender, extra in pairs:
