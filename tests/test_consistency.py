@@ -551,6 +551,29 @@ async def test_500_gets_of_one_cold_key_make_one_postgresql_query(
     assert all(r == first for r in results)
 
 
+async def test_tasks_woken_by_a_batch_send_their_next_gets_as_one_batch(
+    stage: Stage,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """32 tasks, each reading 6 cached keys one after the other: the gets that the callers
+    of a batch issue as they wake travel together, so each round is about one MGET (the
+    first get of the first round leaves alone), never a lone get and then the rest."""
+    ids = stage.make_securities(40, with_scores=True)
+    provider, exporter = spans
+    async with SecureCache(stage.settings, tracer_provider=provider) as cache:
+        assert len(await cache.scores.get_many(ids)) == 40  # warm
+        exporter.clear()
+
+        async def reader(n: int) -> None:
+            for step in range(6):
+                assert await cache.scores.get(ids[(n + step) % len(ids)]) is not None
+
+        await asyncio.gather(*(reader(n) for n in range(32)))
+    mgets = span_count(exporter, "MGET")
+    assert 6 <= mgets <= 8, mgets  # one per round, plus the first round's lone get
+    assert span_count(exporter, "EVALSHA lookup") == 0
+
+
 async def test_concurrent_gets_of_200_cold_keys_travel_in_two_batches(
     stage: Stage,
     spans: tuple[TracerProvider, InMemorySpanExporter],

@@ -3,8 +3,9 @@
 I/O-free orchestration over :mod:`securecache.store` and :mod:`securecache.cache`.
 
 Every read is a batch. A ``get`` or ``get_many`` that finds nothing in flight leaves at once,
-in its caller's task: a lone read waits for nothing. While a load is in flight, the reads
-issued meanwhile form the batch of the current event-loop iteration (the first of them
+in its caller's task: a lone read waits for nothing. While a load is in flight, or while the
+callers of a batch just answered are waking, the reads issued meanwhile form the batch of the
+current event-loop iteration (the first of them
 schedules its flush with ``call_soon``, no timer) and share its round trips: one MGET for the
 hits; for the rest, one lookup script that returns the entries and takes the leases of the
 misses, one PostgreSQL query and one pipelined fill. A key already being loaded is not loaded
@@ -182,6 +183,8 @@ class ReadThrough(Generic[R]):
         """Every id being loaded (or about to be), with its waiters: later gets join."""
         self._miss_rate = 0.0
         """Moving average of the share of a batch that missed: picks the first round trip."""
+        self._waking = False
+        """True from a batch answering waiting callers until they have woken."""
         self._lookups = 0
         """Loads in their first round trip (the lookup, or the query when Redis did not
         answer). While there is one, gets join the batch of this loop turn; with none, a get
@@ -236,7 +239,7 @@ class ReadThrough(Generic[R]):
         hit path), so the load leaves at once and starts with the lookup script.
         """
         waiters = self._inflight.get(id_)
-        if waiters is None and (missed or (not self._lookups and not self._pending)):
+        if waiters is None and (missed or self._alone()):
             return (await self._run({id_: []}, script_first=missed))[id_]
         return await self._waiter(id_, waiters)
 
@@ -244,7 +247,7 @@ class ReadThrough(Generic[R]):
         """The records among the distinct ``ids`` that exist, past the near cache (and see
         :meth:`load` for ``missed``)."""
         inflight = self._inflight
-        if missed or (not self._lookups and not self._pending):
+        if missed or self._alone():
             joined = {i: self._waiter(i, inflight[i]) for i in ids if i in inflight}
             fresh: Batch[R] = {i: [] for i in ids if i not in joined}
             if not joined:
@@ -258,6 +261,14 @@ class ReadThrough(Generic[R]):
         else:
             results = await asyncio.gather(*(self._waiter(i, inflight.get(i)) for i in ids))
         return {i: r for i, (r, _) in zip(ids, results, strict=True) if r is not None}
+
+    def _alone(self) -> bool:
+        """Whether a read may leave at once: nothing is forming or in flight, and no batch's
+        callers are waking (their reads arrive together)."""
+        return not self._lookups and not self._pending and not self._waking
+
+    def _woken(self) -> None:
+        self._waking = False
 
     def _waiter(self, id_: str, waiters: Waiters[R] | None) -> asyncio.Future[tuple[R | None, str]]:
         """A future for ``id_`` from the load in flight for it (``waiters``), or else from
@@ -353,6 +364,11 @@ class ReadThrough(Generic[R]):
         for future in waiters:
             if not future.done():
                 future.set_result(answer)
+        if waiters and not self._waking:
+            # Its callers wake in the next loop turn, and their next reads (and this task's)
+            # should make one batch, not a lone read first and then the rest.
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._woken)
         if self._inflight.get(id_) is waiters:
             del self._inflight[id_]  # answered: a later get starts afresh
 
