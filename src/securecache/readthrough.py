@@ -230,7 +230,7 @@ class ReadThrough(Generic[R]):
             found.update(await self.load_many(unique))
             return found
 
-    async def load(self, id_: str, *, missed: bool = False) -> tuple[R | None, str]:
+    def load(self, id_: str, *, missed: bool = False) -> Awaitable[tuple[R | None, str]]:
         """The record of ``id_`` (None: absent) and where it came from, past the near cache.
 
         With nothing forming and nothing in flight, this read leaves at once, in the caller's
@@ -240,8 +240,12 @@ class ReadThrough(Generic[R]):
         """
         waiters = self._inflight.get(id_)
         if waiters is None and (missed or self._alone()):
-            return (await self._run({id_: []}, script_first=missed))[id_]
-        return await self._waiter(id_, waiters)
+            return self._run_one(id_, missed)
+        # The future itself, not a coroutine around it: one frame fewer to resume per get.
+        return self._waiter(id_, waiters)
+
+    async def _run_one(self, id_: str, missed: bool) -> tuple[R | None, str]:
+        return (await self._run({id_: []}, script_first=missed))[id_]
 
     async def load_many(self, ids: Sequence[str], *, missed: bool = False) -> dict[str, R]:
         """The records among the distinct ``ids`` that exist, past the near cache (and see

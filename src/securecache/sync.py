@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
@@ -165,7 +165,7 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
         return hits, rest, True
 
 
-async def _carried(awaitable: Coroutine[Any, Any, T], context: otel_context.Context) -> T:
+async def _carried(awaitable: Awaitable[T], context: otel_context.Context) -> T:
     """Await ``awaitable`` on the loop within ``context``, the caller's OpenTelemetry context
     (taken on the caller's thread)."""
     token = otel_context.attach(context)
