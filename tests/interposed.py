@@ -23,8 +23,12 @@ class Interposed:
         """Runs after a fill read PostgreSQL, before it stores what it read."""
         self.before_write_through: Hook | None = None
         """Runs after a write committed, before it stores the new version."""
+        self.before_entries: Callable[[Sequence[str]], Awaitable[None]] | None = None
+        """Runs before the hit path's MGET of these keys."""
 
     async def entries(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        if self.before_entries is not None:
+            await self.before_entries(keys)
         return await self.inner.entries(keys)
 
     async def lookup(

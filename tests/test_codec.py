@@ -192,6 +192,27 @@ def test_an_expiry_beyond_the_longest_entry_life_is_corrupt() -> None:
     assert decode(Score, b"3|%d|{}" % (10**16)) is CORRUPT
 
 
+def test_only_servable_small_entries_are_remembered() -> None:
+    """Corrupt entries, floors and entries over 1 KiB are decoded every time and never kept:
+    a Redis user planting junk cannot fill the memo (a record or absent marker is kept)."""
+    codec._decode_entry.cache_clear()  # type: ignore[attr-defined]
+    remembered = codec._decode_entry.cache_info  # type: ignore[attr-defined]
+    before = remembered().currsize
+    for n in range(50):
+        assert decode(Score, b"3|%d|{junk %d}" % (EXPIRES, n)) is CORRUPT
+        assert decode(Score, b"%d|~" % (n + 1)) is FLOOR
+    data = codec.to_dict(SECURITY)
+    data["name"] = "\u00e9" * 256  # two bytes each in UTF-8
+    data["symbol"] = "\u00e9" * 256
+    data["exchange"] = "\u00e9" * 256
+    large = HEAD2 + orjson.dumps(data)
+    assert len(large) > codec.REMEMBERED_ENTRY_BYTES
+    assert isinstance(decode(Security, large), Security)
+    assert remembered().currsize == before
+    assert decode(Score, codec.encode_entry(SCORE, EXPIRES + 7)) == SCORE
+    assert remembered().currsize == before + 1
+
+
 def test_a_floor_decodes_as_floor() -> None:
     """The listener's floor b'<version>|~' is FLOOR (a miss), and a floor of version 0 is
     CORRUPT."""

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -24,8 +27,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from entries import decode
-from interposed import HeldFills, delaying
-from securecache import ConflictError, Score, ScoreUpdate, SecureCache, Settings, codec
+from interposed import HeldFills, Interposed, delaying
+from securecache import ConflictError, Score, ScoreUpdate, SecureCache, Settings, codec, sync
 from securecache.cache import CacheWrite, RedisCache, connect
 from securecache.keys import KeyScheme, Kind
 from securecache.readthrough import CacheBackend
@@ -197,6 +200,32 @@ async def test_slow_fill_never_overwrites_a_newer_write_through(
         assert values_of(entry) == values_of(written)
         again = await cache.scores.get(sid)
         assert again == written
+
+
+def test_sync_gets_of_one_key_from_two_threads_share_its_load(stage: Stage) -> None:
+    """Two threads of the sync twin read one cold key while its fill is held: the second joins
+    the load on the loop (no part of the batching registry runs on a caller's thread) and
+    both get the record, from one query."""
+    [sid] = stage.make_securities(1, with_scores=True)
+    reached, release = threading.Event(), threading.Event()
+
+    async def hold(_writes: Sequence[CacheWrite]) -> None:
+        reached.set()
+        await asyncio.to_thread(release.wait, WAIT)
+
+    settings = stage.settings
+    with (
+        sync.SecureCache(settings, wrap_redis=delaying(before_fill=hold)) as cache,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        first = pool.submit(cache.scores.get, sid)
+        assert reached.wait(WAIT)
+        second = pool.submit(cache.scores.get, sid)
+        time.sleep(0.2)  # the second get is waiting for the held load by now
+        release.set()
+        results = [first.result(WAIT), second.result(WAIT)]
+    assert results[0] is not None
+    assert results[0] == results[1]
 
 
 async def test_fill_of_an_absent_score_never_hides_a_new_insert(
@@ -549,6 +578,79 @@ async def test_500_gets_of_one_cold_key_make_one_postgresql_query(
     assert first is not None
     assert (first.version, values_of(first)) == truth
     assert all(r == first for r in results)
+
+
+async def test_a_get_in_the_forming_batch_survives_a_write_detaching_its_id(
+    stage: Stage,
+) -> None:
+    """While another load is in flight, a get of x waits in the batch forming; a write of x
+    then detaches x from the loads in flight, and another get of x arrives: both gets are
+    answered (the second joins the same forming batch instead of stranding the first)."""
+    x, y = stage.make_securities(2, with_scores=True)
+    gate = asyncio.Event()
+
+    async def hold_y(keys: Sequence[str]) -> None:
+        if any(f"{{{y}}}" in key for key in keys):
+            await gate.wait()
+
+    def wrap(inner: CacheBackend) -> CacheBackend:
+        backend = Interposed(inner)
+        backend.before_entries = hold_y
+        return backend
+
+    async with SecureCache(stage.settings, wrap_redis=wrap) as cache:
+        slow = asyncio.create_task(cache.scores.get(y))
+        await asyncio.sleep(0.05)  # its MGET is held: a load is in flight
+        first = asyncio.create_task(cache.scores.get(x))
+        write = asyncio.create_task(cache.scores.put(x, update(1.5, 2.5, 3.5, 4.5)))
+        second = asyncio.create_task(cache.scores.get(x))
+        try:
+            async with asyncio.timeout(WAIT):
+                written = await write
+                got = await asyncio.gather(first, second)
+        finally:
+            gate.set()
+            await slow
+    assert written.version >= 1
+    assert all(score is not None and score.security_id == x for score in got)
+
+
+async def test_a_caller_joined_to_an_abandoned_load_is_served_by_the_next(
+    stage: Stage,
+) -> None:
+    """A lone get of x is in flight and a second get of x joins it; a write then detaches x,
+    and the first caller is cancelled: the second is answered by a new load, never handed
+    a CancelledError it did not ask for."""
+    [x] = stage.make_securities(1, with_scores=True)
+    held = asyncio.Event()
+    first_mget = True
+
+    async def hold_first(_keys: Sequence[str]) -> None:
+        nonlocal first_mget
+        if first_mget:
+            first_mget = False
+            held.set()
+            await asyncio.sleep(WAIT)  # until cancelled
+
+    def wrap(inner: CacheBackend) -> CacheBackend:
+        backend = Interposed(inner)
+        backend.before_entries = hold_first
+        return backend
+
+    async with SecureCache(stage.settings, wrap_redis=wrap) as cache:
+        first = asyncio.create_task(cache.scores.get(x))
+        async with asyncio.timeout(WAIT):
+            await held.wait()
+        second = asyncio.create_task(cache.scores.get(x))
+        await asyncio.sleep(0)  # it has joined the first load
+        written = await cache.scores.put(x, update(7.5))
+        first.cancel()
+        async with asyncio.timeout(WAIT):
+            got = await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    assert got is not None
+    assert got.version == written.version
 
 
 async def test_tasks_woken_by_a_batch_send_their_next_gets_as_one_batch(

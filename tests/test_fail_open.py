@@ -21,7 +21,7 @@ import pytest
 from entries import holds
 from fix_cluster import RedisProcess
 from fix_servers import MakeSecurities
-from securecache import Score, ScoreUpdate, SecureCache, Settings
+from securecache import Score, ScoreUpdate, SecureCache, Settings, sync
 from securecache.keys import KeyScheme, Kind
 
 START_TIMEOUT = 10.0
@@ -111,6 +111,28 @@ async def test_no_redis_at_all_serves_from_postgresql(
         assert health.database is True
         assert health.redis == "degraded"
         assert health.ready
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+def test_the_sync_twin_with_no_redis_at_all_serves_from_postgresql(
+    settings: Settings, make_securities: MakeSecurities, cluster: bool
+) -> None:
+    """The sync twin opens even when no Redis answers (a cluster client would connect while
+    it is built), serves reads from PostgreSQL on its callers' threads and reports Redis as
+    degraded."""
+    nowhere = settings.with_changes(
+        redis_url=f"redis://127.0.0.1:{closed_port()}/0",
+        redis_cluster=cluster,
+        redis_timeout_seconds=0.2,
+    )
+    ids = make_securities(2, with_scores=True)
+    with sync.SecureCache(nowhere) as cache:
+        for _ in range(3):
+            security = cache.securities.get(ids[0])
+            assert security is not None
+            assert security.id == ids[0]
+        assert set(cache.scores.get_many(ids)) == set(ids)
+        assert cache.health().redis == "degraded"
 
 
 # -- Redis that goes away and comes back ---------------------------------------------------

@@ -61,6 +61,7 @@ from redis.exceptions import (
     RedisClusterException,
     RedisError,
 )
+from redis.retry import Retry as SyncRetry
 
 from securecache.breaker import CircuitBreaker
 from securecache.keys import Kind
@@ -247,6 +248,8 @@ def connect_sync(
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
+        # As the async client: one retry on a fresh connection, none after a timeout.
+        "retry": SyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "max_connections": max_connections,
         **_NO_CLIENT_SETINFO,
         **_no_maintenance_notifications(),
@@ -265,11 +268,18 @@ class SyncReader:
     """
 
     def __init__(
-        self, client: redis.Redis | redis.RedisCluster, cache: RedisCache, telemetry: Telemetry
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        cache: RedisCache,
+        telemetry: Telemetry,
+        on_failure: Callable[[], None],
     ) -> None:
+        """``on_failure`` is told of each failed read (to count it against the breaker, on
+        the loop's thread)."""
         self._client = client
         self._cache = cache
         self._telemetry = telemetry
+        self._on_failure = on_failure
 
     def entries(self, keys: Sequence[str]) -> list[bytes | None] | None:
         """The entries at ``keys``, or None: Redis did not answer, or the loop's path must."""
@@ -285,6 +295,7 @@ class SyncReader:
                 self._telemetry.redis_errors.add(1, {"db.operation.name": "MGET"})
                 span.set_attribute("error.type", type(exc).__name__)
                 log.warning("redis MGET failed (%s); serving through the event loop", exc)
+                self._on_failure()
                 return None
         return [r if isinstance(r, bytes) else None for r in replies]
 
@@ -364,6 +375,11 @@ class RedisCache:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+    def note_failure(self) -> None:
+        """A failure met outside this object's own calls (the sync twin's hit path): it
+        counts against the breaker like one of ours."""
+        self._breaker.failure()
 
     async def _call(self, operation: str, fn: Callable[[], Awaitable[T]], fallback: T) -> T:
         """Run one round trip under the breaker and one deadline; on any Redis failure

@@ -241,8 +241,12 @@ def decode_record(kind: type[R], body: bytes) -> R | None:
     return record
 
 
-DECODED_ENTRIES: Final = 16_384
-"""Entries of each kind whose decoding is remembered (a few MB): see :func:`decode_entry`."""
+DECODED_ENTRIES: Final = 8_192
+"""Entries of each kind whose decoding is remembered: see :func:`decode_entry`."""
+REMEMBERED_ENTRY_BYTES: Final = 1024
+"""Largest entry whose decoding is remembered (ours are 150-300 bytes): with
+:data:`DECODED_ENTRIES`, what a Redis user planting entries can make the memo hold is bounded
+(16,384 entries of at most 1 KiB and their records: about 30 MB; a few MB in practice)."""
 
 
 def decode_entry(
@@ -258,47 +262,61 @@ def decode_entry(
 
     The decoding of given bytes never changes and records are immutable, so the decoding of
     recent entries is remembered, by their exact bytes: a hot entry read again from Redis
-    costs a dictionary look-up instead of its validation. Other bytes are decoded in full.
+    costs a dictionary look-up instead of its validation. Only entries that decode to a
+    record or an absent marker, and are small, are remembered: nothing a Redis user plants
+    that we would refuse occupies the memory.
     """
     if raw is None:
         return None
+    if len(raw) > MAX_ENTRY_BYTES:
+        return CORRUPT
     entry: R | Marker
-    entry, expires_ms, entry_id = _decode_entry(kind, raw)
-    if expires_ms:
-        if expires_ms > horizon_ms:
-            return CORRUPT
-        if expires_ms <= now_ms:
-            return EXPIRED
+    try:
+        if len(raw) > REMEMBERED_ENTRY_BYTES:
+            entry, expires_ms, entry_id = _decode_new_entry(kind, raw)
+        else:
+            entry, expires_ms, entry_id = _decode_entry(kind, raw)
+    except _Unservable as refused:
+        return refused.marker
+    if expires_ms > horizon_ms:
+        return CORRUPT
+    if expires_ms <= now_ms:
+        return EXPIRED
     if id_ is not None and entry_id is not None and entry_id != id_:
         return CORRUPT
     return entry
 
 
-_NOT_SERVED: Final = (CORRUPT, 0, None)
+class _Unservable(Exception):
+    """Raised (so that ``functools.lru_cache`` remembers nothing) for a floor or a corrupt
+    entry."""
+
+    def __init__(self, marker: Marker) -> None:
+        self.marker = marker
 
 
 def _decode_new_entry(kind: Any, raw: bytes) -> tuple[Any, int, str | None]:
-    """The entry (record or marker) in ``raw``, its expiry (0 for a floor or corrupt) and
-    the id of its record (None for a marker)."""
-    if len(raw) > MAX_ENTRY_BYTES:
-        return _NOT_SERVED
+    """The record (or ABSENT) in ``raw``, its expiry and the id of its record (None for
+    ABSENT); raises :class:`_Unservable` for anything else."""
     head, sep, rest = raw.partition(b"|")
     if not sep or not head.isdigit():
-        return _NOT_SERVED
+        raise _Unservable(CORRUPT)
     version = int(head)
     if rest == FLOOR_BODY:
-        return (FLOOR, 0, None) if version != ABSENT_VERSION else _NOT_SERVED
+        raise _Unservable(FLOOR if version != ABSENT_VERSION else CORRUPT)
     stamp, sep, body = rest.partition(b"|")
     if not sep or not stamp.isdigit() or len(stamp) > 15:
-        return _NOT_SERVED
+        raise _Unservable(CORRUPT)
     expires_ms = int(stamp)
     if not expires_ms:
-        return _NOT_SERVED
+        raise _Unservable(CORRUPT)
     if version == ABSENT_VERSION:
-        return (ABSENT, expires_ms, None) if not body else _NOT_SERVED
+        if body:
+            raise _Unservable(CORRUPT)
+        return ABSENT, expires_ms, None
     record = decode_record(kind, body)
     if record is None or record.version != version:
-        return _NOT_SERVED
+        raise _Unservable(CORRUPT)
     return record, expires_ms, record_id(record)
 
 

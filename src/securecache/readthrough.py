@@ -279,15 +279,28 @@ class ReadThrough(Generic[R]):
         the next batch."""
         loop = asyncio.get_running_loop()
         if waiters is None:
-            waiters = self._inflight[id_] = self._pending[id_] = []
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                loop.call_soon(self._flush)
+            waiters = self._next_batch(id_)
         # A future of this caller's own: cancelling the caller cancels only its wait, never
         # the load the other callers share.
         future: asyncio.Future[tuple[R | None, str]] = loop.create_future()
         waiters.append(future)
         return future
+
+    def _next_batch(self, id_: str) -> Waiters[R]:
+        """The waiters of ``id_`` in the batch forming now (joined, or made).
+
+        A batch not sent yet reads after everything done so far, so it can be joined even
+        when a write detached ``id_`` from the loads in flight (``forget`` leaves the
+        forming batch alone): replacing its list would strand the callers already in it.
+        """
+        waiters = self._pending.get(id_)
+        if waiters is None:
+            waiters = self._pending[id_] = []
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        self._inflight[id_] = waiters
+        return waiters
 
     def _flush(self) -> None:
         """Send the batch that formed during this turn of the event loop."""
@@ -342,18 +355,18 @@ class ReadThrough(Generic[R]):
         return answers
 
     def _requeue(self, batch: Batch[R]) -> None:
-        """Put the waited-for ids of an abandoned batch into the next one."""
-        waited = {i: w for i, w in batch.items() if any(not f.done() for f in w)}
-        for id_, waiters in waited.items():
-            if self._inflight.get(id_) is waiters:
-                self._pending[id_] = waiters
-            else:  # forgotten meanwhile: a later get already loads it afresh
-                for future in waiters:
-                    if not future.done():
-                        future.cancel()
-        if self._pending and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        """Hand the callers still waiting in an abandoned batch to the next load of their
+        ids: the forming batch, or a load that started since (after a write detached the
+        id), which reads later than the abandoned one would have."""
+        for id_, waiters in batch.items():
+            waiting = [f for f in waiters if not f.done()]
+            if not waiting:
+                continue
+            current = self._inflight.get(id_)
+            if current is waiters or current is None:
+                self._next_batch(id_).extend(waiting)
+            else:
+                current.extend(waiting)
 
     def _answer(
         self,

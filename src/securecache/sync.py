@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
@@ -26,12 +27,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
 from securecache import client
-from securecache.cache import SyncReader, connect_sync
+from securecache.cache import REDIS_FAILURES, SyncReader, connect_sync
 from securecache.models import Health, Score, Security, validate_id, validate_ids
 from securecache.nearcache import MISSING
 from securecache.readthrough import CacheBackend, R, ReadThrough
 from securecache.settings import Settings
 from securecache.telemetry import SOURCE
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -117,7 +120,7 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
                 record = hits[0][1]
                 span.set_attribute(SOURCE, "redis" if record is not None else "absent")
                 return record
-            load = reads.load(id_, missed=missed)
+            load = _load(reads, id_, missed)  # decided on the loop: the registry lives there
             record, source = self._loop.run(_carried(load, otel_context.get_current()))
             span.set_attribute(SOURCE, source)
             return record
@@ -165,6 +168,35 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
         return hits, rest, True
 
 
+def _sync_reader(inner: client.SecureCache, loop: _LoopThread) -> SyncReader | None:
+    """The caller-thread hit path's Redis client; None (every read through the loop) if it
+    cannot be made, e.g. a cluster client that cannot reach any node at start-up."""
+    s, cache = inner.settings, inner._cache
+    if cache is None or not s.redis_url:
+        return None
+    try:
+        redis_client = connect_sync(
+            s.redis_url,
+            cluster=s.redis_cluster,
+            timeout=s.redis_timeout_seconds,
+            max_connections=s.redis_max_connections,
+        )
+    except REDIS_FAILURES as exc:
+        log.warning(
+            "sync twin: no Redis client for its hit path (%s); reads go through its loop", exc
+        )
+        return None
+
+    def failed() -> None:
+        loop.loop.call_soon_threadsafe(cache.note_failure)
+
+    return SyncReader(redis_client, cache, inner._telemetry, on_failure=failed)
+
+
+async def _load(reads: ReadThrough[R], id_: str, missed: bool) -> tuple[R | None, str]:
+    return await reads.load(id_, missed=missed)
+
+
 async def _carried(awaitable: Awaitable[T], context: otel_context.Context) -> T:
     """Await ``awaitable`` on the loop within ``context``, the caller's OpenTelemetry context
     (taken on the caller's thread)."""
@@ -209,21 +241,9 @@ class SecureCache(_Twin[client.SecureCache]):
             raise
         super().__init__(inner, loop)
         self.settings = inner.settings
-        s = inner.settings
         # The seam (wrap_redis) must see every Redis call: with it, hits go through the loop.
         self._reader = (
-            SyncReader(
-                connect_sync(
-                    s.redis_url,
-                    cluster=s.redis_cluster,
-                    timeout=s.redis_timeout_seconds,
-                    max_connections=s.redis_max_connections,
-                ),
-                inner._cache,
-                inner._telemetry,
-            )
-            if inner._cache is not None and s.redis_url and wrap_redis is None
-            else None
+            _sync_reader(inner, loop) if inner._cache is not None and wrap_redis is None else None
         )
         security_reads, score_reads = inner._reads
         self.securities = Securities(inner.securities, loop, security_reads, self._reader)
