@@ -223,10 +223,11 @@ def admin_conn(database: Database) -> Iterator[psycopg.Connection[tuple[Any, ...
 
 @pytest.fixture
 def make_securities(admin_conn: psycopg.Connection[tuple[Any, ...]]) -> MakeSecurities:
-    """Insert ``n`` securities with ids unique to the call (``T<hex6>-000001``...)."""
+    """Insert ``n`` securities with ids unique to the call (``T<hex10>-000001``...): 40 random
+    bits, so that the thousands of calls of a session never collide (24 bits once did)."""
 
     def make(n: int, *, with_scores: bool = False) -> list[str]:
-        tag = "T" + secrets.token_hex(3)
+        tag = "T" + secrets.token_hex(5)
         ids = [f"{tag}-{i:06d}" for i in range(1, n + 1)]
         with admin_conn.transaction(), admin_conn.cursor() as cur:
             cur.executemany(
