@@ -90,14 +90,18 @@ class HeldFills:
 
 
 def delaying(
-    before_fill: Hook | None = None, before_write_through: Hook | None = None
+    before_fill: Hook | None = None,
+    before_write_through: Hook | None = None,
+    before_entries: Callable[[Sequence[str]], Awaitable[None]] | None = None,
 ) -> Callable[[CacheBackend], CacheBackend]:
-    """A ``wrap_redis`` that runs the given hooks before fills and write-throughs."""
+    """A ``wrap_redis`` that runs the given hooks before fills, write-throughs and the hit
+    path's MGETs."""
 
     def wrap(inner: CacheBackend) -> CacheBackend:
         backend = Interposed(inner)
         backend.before_fill = before_fill
         backend.before_write_through = before_write_through
+        backend.before_entries = before_entries
         return backend
 
     return wrap

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from entries import decode
-from interposed import HeldFills, Interposed, delaying
+from interposed import HeldFills, delaying
 from securecache import ConflictError, Score, ScoreUpdate, SecureCache, Settings, codec, sync
 from securecache.cache import CacheWrite, RedisCache, connect
 from securecache.keys import KeyScheme, Kind
@@ -593,12 +593,7 @@ async def test_a_get_in_the_forming_batch_survives_a_write_detaching_its_id(
         if any(f"{{{y}}}" in key for key in keys):
             await gate.wait()
 
-    def wrap(inner: CacheBackend) -> CacheBackend:
-        backend = Interposed(inner)
-        backend.before_entries = hold_y
-        return backend
-
-    async with SecureCache(stage.settings, wrap_redis=wrap) as cache:
+    async with SecureCache(stage.settings, wrap_redis=delaying(before_entries=hold_y)) as cache:
         slow = asyncio.create_task(cache.scores.get(y))
         await asyncio.sleep(0.05)  # its MGET is held: a load is in flight
         first = asyncio.create_task(cache.scores.get(x))
@@ -632,12 +627,7 @@ async def test_a_caller_joined_to_an_abandoned_load_is_served_by_the_next(
             held.set()
             await asyncio.sleep(WAIT)  # until cancelled
 
-    def wrap(inner: CacheBackend) -> CacheBackend:
-        backend = Interposed(inner)
-        backend.before_entries = hold_first
-        return backend
-
-    async with SecureCache(stage.settings, wrap_redis=wrap) as cache:
+    async with SecureCache(stage.settings, wrap_redis=delaying(before_entries=hold_first)) as cache:
         first = asyncio.create_task(cache.scores.get(x))
         async with asyncio.timeout(WAIT):
             await held.wait()

@@ -196,14 +196,31 @@ class ReadThrough(Generic[R]):
     def kind(self) -> Kind:
         return self._kind
 
+    def remembered(self, ids: Sequence[str]) -> tuple[dict[str, R | None], list[str]]:
+        """What the near cache holds of ``ids`` (None: known absent), and the other ids.
+
+        Safe from the sync twin's caller threads (:meth:`NearCache.get` is).
+        """
+        near = self._near
+        if near is None:
+            return {}, list(ids)
+        found: dict[str, R | None] = {}
+        rest: list[str] = []
+        kind = self._kind
+        for id_ in ids:
+            hit = near.get((kind, id_))
+            if hit is MISSING:
+                rest.append(id_)
+            else:
+                found[id_] = hit
+        return found, rest
+
     async def get(self, id_: str) -> R | None:
         """One record: from the near cache, or loaded at once, or with the gets around it."""
-        near = self._near
-        if near is not None:
-            found = near.get((self._kind, id_))
-            if found is not MISSING:
-                record: R | None = found
-                return record
+        if self._near is not None:
+            found, rest = self.remembered([id_])
+            if not rest:
+                return found[id_]
         with self._telemetry.call_span(f"securecache {self._namespace}.get") as span:
             record, source = await self.load(id_)
             span.set_attribute(SOURCE, source)
@@ -211,18 +228,8 @@ class ReadThrough(Generic[R]):
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, R]:
         """The records among ``ids`` that exist, keyed by id."""
-        unique = list(dict.fromkeys(ids))
-        found: dict[str, R] = {}
-        near = self._near
-        if near is not None:
-            rest = []
-            for id_ in unique:
-                hit = near.get((self._kind, id_))
-                if hit is MISSING:
-                    rest.append(id_)
-                elif hit is not None:
-                    found[id_] = hit
-            unique = rest
+        remembered, unique = self.remembered(list(dict.fromkeys(ids)))
+        found = {i: r for i, r in remembered.items() if r is not None}
         if not unique:
             return found
         with self._telemetry.call_span(f"securecache {self._namespace}.get_many") as span:
@@ -348,9 +355,9 @@ class ReadThrough(Generic[R]):
                             future.set_exception(exc)
             raise
         finally:
-            inflight, pending = self._inflight, self._pending
+            inflight = self._inflight
             for id_, waiters in batch.items():
-                if inflight.get(id_) is waiters and pending.get(id_) is not waiters:
+                if inflight.get(id_) is waiters:  # not detached, nor handed on by _requeue
                     del inflight[id_]
         return answers
 
@@ -512,12 +519,15 @@ class ReadThrough(Generic[R]):
         if answer is None:
             self._telemetry.misses.add(len(rest), attrs)
             return rest, dict.fromkeys(rest), {}
-        found = list(zip(rest, answer, strict=True))
-        misses = self._serve(batch, answers, ticket, ((i, raw) for i, (raw, _) in found))
-        leases: dict[str, int | None] = {i: lease for i, (_, lease) in found}
+        looked = {i: raw for i, (raw, _) in zip(rest, answer, strict=True)}
+        misses = self._serve(batch, answers, ticket, looked.items())
+        leases: dict[str, int | None] = {
+            i: lease for i, (_, lease) in zip(rest, answer, strict=True)
+        }
         corrupt: dict[str, bytes] = {}
-        for id_, (raw, _) in found:
-            if raw is not None and id_ in misses and self._corrupt(raw, id_):
+        for id_ in misses:
+            raw = looked[id_]
+            if raw is not None and self._corrupt(raw, id_):
                 corrupt[id_] = raw
                 self._telemetry.corrupt.add(1, attrs)
                 log.warning("ignoring a corrupt cache entry for %s %s", kind, id_)

@@ -29,7 +29,6 @@ from opentelemetry import metrics, trace
 from securecache import client
 from securecache.cache import REDIS_FAILURES, SyncReader, connect_sync
 from securecache.models import Health, Score, Security, validate_id, validate_ids
-from securecache.nearcache import MISSING
 from securecache.readthrough import CacheBackend, R, ReadThrough
 from securecache.settings import Settings
 from securecache.telemetry import SOURCE
@@ -108,16 +107,14 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
         """The record of ``security_id``, or None if there is none."""
         reads = self._reads
         id_ = validate_id(security_id)
-        near = reads.near
-        if near is not None:
-            found = near.get((reads.kind, id_))
-            if found is not MISSING:
-                record: R | None = found
-                return record
+        if reads.near is not None:
+            found, rest = reads.remembered([id_])
+            if not rest:
+                return found[id_]
         with reads.telemetry.call_span(f"securecache {reads.namespace}.get") as span:
             hits, _, missed = self._hits([id_])
             if hits:
-                record = hits[0][1]
+                record: R | None = hits[0][1]
                 span.set_attribute(SOURCE, "redis" if record is not None else "absent")
                 return record
             load = _load(reads, id_, missed)  # decided on the loop: the registry lives there
@@ -128,18 +125,8 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
     def get_many(self, security_ids: Iterable[str]) -> dict[str, R]:
         """The records among ``security_ids`` that exist, keyed by id."""
         reads = self._reads
-        rest = list(dict.fromkeys(validate_ids(security_ids)))
-        found: dict[str, R] = {}
-        near = reads.near
-        if near is not None:
-            unknown = []
-            for id_ in rest:
-                hit = near.get((reads.kind, id_))
-                if hit is MISSING:
-                    unknown.append(id_)
-                elif hit is not None:
-                    found[id_] = hit
-            rest = unknown
+        remembered, rest = reads.remembered(list(dict.fromkeys(validate_ids(security_ids))))
+        found = {i: r for i, r in remembered.items() if r is not None}
         if not rest:
             return found
         with reads.telemetry.call_span(f"securecache {reads.namespace}.get_many") as span:
