@@ -195,9 +195,14 @@ def test_an_expiry_beyond_the_longest_entry_life_is_corrupt() -> None:
 def test_only_servable_small_entries_are_remembered() -> None:
     """Corrupt entries, floors and entries over 1 KiB are decoded every time and never kept:
     a Redis user planting junk cannot fill the memo (a record or absent marker is kept)."""
-    codec._decode_entry.cache_clear()  # type: ignore[attr-defined]
-    remembered = codec._decode_entry.cache_info  # type: ignore[attr-defined]
-    before = remembered().currsize
+    memo = codec._MEMOS[Score]
+    memo.clear()
+    codec._MEMOS[Security].clear()
+
+    def remembered() -> int:
+        return len(memo) + len(codec._MEMOS[Security])
+
+    before = remembered()
     for n in range(50):
         assert decode(Score, b"3|%d|{junk %d}" % (EXPIRES, n)) is CORRUPT
         assert decode(Score, b"%d|~" % (n + 1)) is FLOOR
@@ -208,9 +213,26 @@ def test_only_servable_small_entries_are_remembered() -> None:
     large = HEAD2 + orjson.dumps(data)
     assert len(large) > codec.REMEMBERED_ENTRY_BYTES
     assert isinstance(decode(Security, large), Security)
-    assert remembered().currsize == before
+    assert remembered() == before
     assert decode(Score, codec.encode_entry(SCORE, EXPIRES + 7)) == SCORE
-    assert remembered().currsize == before + 1
+    assert remembered() == before + 1
+
+
+def test_the_memo_keeps_the_newest_entries_up_to_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past DECODED_ENTRIES the oldest decodings make way: the memo never grows beyond its
+    bound, and what it keeps still decodes to the same records."""
+    monkeypatch.setattr(codec, "DECODED_ENTRIES", 4)
+    memo = codec._MEMOS[Score]
+    memo.clear()
+    raws = [codec.encode_entry(SCORE, EXPIRES + n) for n in range(10)]
+    for raw in raws:
+        assert decode(Score, raw) == SCORE
+        assert len(memo) <= 4
+    assert list(memo) == raws[-4:]
+    assert decode(Score, raws[0]) == SCORE  # decoded afresh, and now the newest
+    assert list(memo) == [*raws[-3:], raws[0]]
 
 
 def test_a_floor_decodes_as_floor() -> None:

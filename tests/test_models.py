@@ -129,6 +129,40 @@ def test_validate_ids_names_the_field_and_refuses_a_bare_string() -> None:
         validate_ids(["A", "bad id"])
 
 
+ID_LIKE = st.one_of(
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", fullmatch=True),
+    st.text(alphabet="AZaz09._:-\n \x00", max_size=70),
+    st.integers(),
+    st.none(),
+)
+
+
+@given(st.lists(ID_LIKE, max_size=8))
+def test_validate_ids_agrees_with_validate_id_on_every_id(values: list[Any]) -> None:
+    """A batch passes exactly when each of its ids passes alone (ids holding the newline the
+    batch check joins them with included), and the error names the first bad one."""
+    first_bad = None
+    for value in values:
+        try:
+            validate_id(value, "ids")
+        except ValidationError as exc:
+            first_bad = str(exc)
+            break
+    if first_bad is None:
+        assert validate_ids(values) == values
+    else:
+        with pytest.raises(ValidationError) as info:
+            validate_ids(values)
+        assert str(info.value) == first_bad
+
+
+def test_ids_joined_by_newlines_do_not_pass_as_more_ids() -> None:
+    """An id holding a newline is refused even though, joined with the others, it reads as
+    two well-formed ids."""
+    with pytest.raises(ValidationError, match="SEC1"):
+        validate_ids(["SEC0", "SEC1\nSEC2"])
+
+
 @given(valid_scores)
 def test_scores_from_zero_to_ten_are_accepted(value: float) -> None:
     """Every finite number in [0, 10] is a valid score value, returned as a float."""

@@ -64,6 +64,7 @@ from redis.exceptions import (
 from redis.retry import Retry as SyncRetry
 
 from securecache.breaker import CircuitBreaker
+from securecache.deadlines import Deadlines
 from securecache.keys import Kind
 from securecache.nearcache import encode_keys
 from securecache.telemetry import Telemetry
@@ -329,7 +330,7 @@ class RedisCache:
         """True while Redis lacks the scripts and this user may not load them."""
         self._telemetry = telemetry
         self._breaker = breaker
-        self._deadline = deadline if deadline is not None else _socket_timeout(client)
+        self._deadline = Deadlines(deadline if deadline is not None else _socket_timeout(client))
         self._max_debts = max_debts
         self._entry_ttl_bound = entry_ttl_bound
         self._dirty: dict[str, int] = {}
@@ -392,7 +393,7 @@ class RedisCache:
                 # to Redis while an entry that may be stale is still there.
                 if self._dirty:
                     await self._replay_invalidations()
-                async with asyncio.timeout(self._deadline):
+                with self._deadline:
                     result = await fn()
             except REDIS_FAILURES as exc:
                 self._breaker.failure()
@@ -446,15 +447,18 @@ class RedisCache:
         """
         if self.bypassing:
             return None
-
-        async def run() -> list[bytes | None]:
-            if self._cluster:
-                replies = await self._client.mget_nonatomic(keys)  # type: ignore[union-attr]
-            else:
-                replies = await self._client.mget(keys)
-            return [r if isinstance(r, bytes) else None for r in replies]
-
-        return await self._call("MGET", run, None)
+        client = self._client
+        if self._cluster:
+            replies = await self._call(
+                "MGET",
+                lambda: client.mget_nonatomic(keys),  # type: ignore[union-attr]
+                None,
+            )
+        else:  # the command itself, not redis-py's mget(): less to run per read
+            replies = await self._call("MGET", lambda: client.execute_command("MGET", *keys), None)
+        if replies is None:
+            return None
+        return [r if isinstance(r, bytes) else None for r in replies]
 
     async def lookup(
         self, pairs: Sequence[tuple[str, str]], token: str, lease_ms: int
@@ -644,7 +648,7 @@ class RedisCache:
         async with self._replaying:
             while self._dirty:
                 chunk = list(itertools.islice(self._dirty.items(), REPLAY_CHUNK))
-                async with asyncio.timeout(self._deadline):
+                with self._deadline:
                     await self._client.delete(*(key for key, _ in chunk))
                 for key, seq in chunk:
                     if self._dirty.get(key) == seq:

@@ -15,8 +15,8 @@ the library, and would otherwise be served for as long as its planter liked). I/
 from __future__ import annotations
 
 import enum
-import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -248,6 +248,14 @@ REMEMBERED_ENTRY_BYTES: Final = 1024
 :data:`DECODED_ENTRIES`, what a Redis user planting entries can make the memo hold is bounded
 (16,384 entries of at most 1 KiB and their records: about 30 MB; a few MB in practice)."""
 
+Decoded = tuple[Any, int, str | None]
+"""A servable entry's record (or ABSENT), its expiry and its record's id (None: ABSENT)."""
+
+_MEMOS: Final[dict[type[Any], dict[bytes, Decoded]]] = {Security: {}, Score: {}}
+"""The remembered decodings of each kind, by the entry's exact bytes, oldest first."""
+_MEMO_LOCK: Final = threading.Lock()
+"""Taken to add (the sync twin decodes on its callers' threads); reading needs no lock."""
+
 
 def decode_entry(
     kind: type[R], raw: bytes | None, id_: str | None = None, *, now_ms: int, horizon_ms: int
@@ -263,63 +271,77 @@ def decode_entry(
     The decoding of given bytes never changes and records are immutable, so the decoding of
     recent entries is remembered, by their exact bytes: a hot entry read again from Redis
     costs a dictionary look-up instead of its validation. Only entries that decode to a
-    record or an absent marker, and are small, are remembered: nothing a Redis user plants
-    that we would refuse occupies the memory.
+    record or an absent marker, and are small, are remembered (the oldest make way): nothing
+    a Redis user plants that we would refuse occupies the memory.
     """
-    if raw is None:
-        return None
-    if len(raw) > MAX_ENTRY_BYTES:
-        return CORRUPT
-    entry: R | Marker
-    try:
-        if len(raw) > REMEMBERED_ENTRY_BYTES:
-            entry, expires_ms, entry_id = _decode_new_entry(kind, raw)
+    return decode_entries(kind, [id_], [raw], now_ms=now_ms, horizon_ms=horizon_ms)[0]
+
+
+def decode_entries(
+    kind: type[R],
+    ids: Sequence[str | None],
+    raws: Sequence[bytes | None],
+    *,
+    now_ms: int,
+    horizon_ms: int,
+) -> list[R | Marker | None]:
+    """:func:`decode_entry` of each entry of a batch read from Redis (``raws[i]`` read from
+    the key of ``ids[i]``), under the same rules: one call per batch, not one per entry."""
+    decoded: list[R | Marker | None] = []
+    append = decoded.append
+    memo = _MEMOS[kind]
+    for id_, raw in zip(ids, raws, strict=True):
+        if raw is None:
+            append(None)
+            continue
+        known = memo.get(raw)
+        if known is None:
+            size = len(raw)
+            fresh = _decode_new_entry(kind, raw) if size <= MAX_ENTRY_BYTES else CORRUPT
+            if isinstance(fresh, Marker):
+                append(fresh)
+                continue
+            known = fresh
+            if size <= REMEMBERED_ENTRY_BYTES:
+                _remember(memo, raw, known)
+        entry, expires_ms, entry_id = known
+        if expires_ms > horizon_ms:
+            append(CORRUPT)
+        elif expires_ms <= now_ms:
+            append(EXPIRED)
+        elif id_ is not None and entry_id is not None and entry_id != id_:
+            append(CORRUPT)
         else:
-            entry, expires_ms, entry_id = _decode_entry(kind, raw)
-    except _Unservable as refused:
-        return refused.marker
-    if expires_ms > horizon_ms:
-        return CORRUPT
-    if expires_ms <= now_ms:
-        return EXPIRED
-    if id_ is not None and entry_id is not None and entry_id != id_:
-        return CORRUPT
-    return entry
+            append(entry)
+    return decoded
 
 
-class _Unservable(Exception):
-    """Raised (so that ``functools.lru_cache`` remembers nothing) for a floor or a corrupt
-    entry."""
+def _remember(memo: dict[bytes, Decoded], raw: bytes, known: Decoded) -> None:
+    with _MEMO_LOCK:
+        while len(memo) >= DECODED_ENTRIES:
+            del memo[next(iter(memo))]  # the oldest
+        memo[raw] = known
 
-    def __init__(self, marker: Marker) -> None:
-        self.marker = marker
 
-
-def _decode_new_entry(kind: Any, raw: bytes) -> tuple[Any, int, str | None]:
-    """The record (or ABSENT) in ``raw``, its expiry and the id of its record (None for
-    ABSENT); raises :class:`_Unservable` for anything else."""
+def _decode_new_entry(kind: Any, raw: bytes) -> Decoded | Marker:
+    """What ``raw`` holds if it may be served (see :data:`Decoded`); else FLOOR or CORRUPT."""
     head, sep, rest = raw.partition(b"|")
     if not sep or not head.isdigit():
-        raise _Unservable(CORRUPT)
+        return CORRUPT
     version = int(head)
     if rest == FLOOR_BODY:
-        raise _Unservable(FLOOR if version != ABSENT_VERSION else CORRUPT)
+        return FLOOR if version != ABSENT_VERSION else CORRUPT
     stamp, sep, body = rest.partition(b"|")
     if not sep or not stamp.isdigit() or len(stamp) > 15:
-        raise _Unservable(CORRUPT)
+        return CORRUPT
     expires_ms = int(stamp)
     if not expires_ms:
-        raise _Unservable(CORRUPT)
+        return CORRUPT
     if version == ABSENT_VERSION:
         if body:
-            raise _Unservable(CORRUPT)
+            return CORRUPT
         return ABSENT, expires_ms, None
     record = decode_record(kind, body)
     if record is None or record.version != version:
-        raise _Unservable(CORRUPT)
+        return CORRUPT
     return record, expires_ms, record_id(record)
-
-
-_decode_entry: Final[Callable[[Any, bytes], tuple[Any, int, str | None]]] = functools.lru_cache(
-    maxsize=2 * DECODED_ENTRIES
-)(_decode_new_entry)

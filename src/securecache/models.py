@@ -33,6 +33,10 @@ MAX_BATCH: Final = 500
 transaction)."""
 
 
+_IDS_PATTERN: Final = re.compile(f"(?:{ID_PATTERN.pattern}\n)*{ID_PATTERN.pattern}")
+"""Ids joined by newlines (see validate_ids)."""
+
+
 def validate_id(value: object, field: str = "id") -> str:
     """Return ``value`` if it is a well-formed id, else raise :class:`ValidationError`."""
     if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
@@ -51,10 +55,17 @@ def validate_ids(values: object, field: str = "ids") -> list[str]:
             f"{field} must be an iterable of ids, not {type(values).__name__}", field=field
         )
     ids = list(values)
-    match = ID_PATTERN.fullmatch
+    try:
+        # One match over the ids joined by a character no id may hold, and a count of
+        # those characters (an id holding one would otherwise pass as two): several times
+        # faster than a match per id, for batches of hundreds.
+        joined = "\n".join(ids)
+        if _IDS_PATTERN.fullmatch(joined) is not None and joined.count("\n") == len(ids) - 1:
+            return ids
+    except TypeError:  # not all strings
+        pass
     for value in ids:
-        if not isinstance(value, str) or match(value) is None:
-            validate_id(value, field)  # raises, naming this one
+        validate_id(value, field)  # raises at the first bad one
     return ids
 
 

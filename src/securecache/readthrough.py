@@ -191,6 +191,8 @@ class ReadThrough(Generic[R]):
         leaves at once."""
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._attrs = {"securecache.kind": str(kind)}
+        """The attributes of this kind's counters."""
 
     @property
     def kind(self) -> Kind:
@@ -228,8 +230,11 @@ class ReadThrough(Generic[R]):
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, R]:
         """The records among ``ids`` that exist, keyed by id."""
-        remembered, unique = self.remembered(list(dict.fromkeys(ids)))
-        found = {i: r for i, r in remembered.items() if r is not None}
+        unique = list(dict.fromkeys(ids))
+        found: dict[str, R] = {}
+        if self._near is not None:
+            remembered, unique = self.remembered(unique)
+            found = {i: r for i, r in remembered.items() if r is not None}
         if not unique:
             return found
         with self._telemetry.call_span(f"securecache {self._namespace}.get_many") as span:
@@ -252,7 +257,9 @@ class ReadThrough(Generic[R]):
         return self._waiter(id_, waiters)
 
     async def _run_one(self, id_: str, missed: bool) -> tuple[R | None, str]:
-        return (await self._run({id_: []}, script_first=missed))[id_]
+        batch: Batch[R] = {id_: []}
+        self._inflight[id_] = batch[id_]
+        return (await self._run(batch, script_first=missed))[id_]
 
     async def load_many(self, ids: Sequence[str], *, missed: bool = False) -> dict[str, R]:
         """The records among the distinct ``ids`` that exist, past the near cache (and see
@@ -261,6 +268,7 @@ class ReadThrough(Generic[R]):
         if missed or self._alone():
             joined = {i: self._waiter(i, inflight[i]) for i in ids if i in inflight}
             fresh: Batch[R] = {i: [] for i in ids if i not in joined}
+            inflight.update(fresh)
             if not joined:
                 answers = await self._run(fresh, script_first=missed)
             else:
@@ -268,9 +276,8 @@ class ReadThrough(Generic[R]):
                     self._run(fresh, script_first=missed), *joined.values()
                 )
                 answers = {**both[0], **dict(zip(joined, both[1:], strict=True))}
-            results = [answers[i] for i in ids]
-        else:
-            results = await asyncio.gather(*(self._waiter(i, inflight.get(i)) for i in ids))
+            return {i: record for i in ids if (record := answers[i][0]) is not None}
+        results = await asyncio.gather(*(self._waiter(i, inflight.get(i)) for i in ids))
         return {i: r for i, (r, _) in zip(ids, results, strict=True) if r is not None}
 
     def _alone(self) -> bool:
@@ -325,6 +332,8 @@ class ReadThrough(Generic[R]):
 
     async def _load(self, batch: Batch[R]) -> None:
         """A batch in a task of its own; its callers wait on their futures."""
+        for id_, waiters in batch.items():  # unless a write detached it since it formed
+            self._inflight.setdefault(id_, waiters)
         with contextlib.suppress(Exception):  # the waiters have it
             await self._run(batch)
 
@@ -332,15 +341,13 @@ class ReadThrough(Generic[R]):
         self, batch: Batch[R], *, script_first: bool = False
     ) -> dict[str, tuple[R | None, str]]:
         """Load ``batch`` (ids and the futures waiting for them, which get their answer as it
-        comes) and return every answer.
+        comes, registered in flight by the caller) and return every answer.
 
         On a failure, only the ids still waiting get the error: values already served from
         Redis stand, so cached reads keep working while PostgreSQL is down. When the task
         running the batch is cancelled (its caller gave up), the ids other callers wait for
         are loaded again in the next batch.
         """
-        for id_, waiters in batch.items():
-            self._inflight.setdefault(id_, waiters)
         answers: dict[str, tuple[R | None, str]] = {}
         try:
             await self._read_through(batch, answers, script_first=script_first)
@@ -355,10 +362,12 @@ class ReadThrough(Generic[R]):
                             future.set_exception(exc)
             raise
         finally:
-            inflight = self._inflight
-            for id_, waiters in batch.items():
-                if inflight.get(id_) is waiters:  # not detached, nor handed on by _requeue
-                    del inflight[id_]
+            if len(answers) < len(batch):  # answered ids left when answered
+                inflight = self._inflight
+                for id_, waiters in batch.items():
+                    # Not detached, nor handed on by _requeue:
+                    if id_ not in answers and inflight.get(id_) is waiters:
+                        del inflight[id_]
         return answers
 
     def _requeue(self, batch: Batch[R]) -> None:
@@ -379,22 +388,28 @@ class ReadThrough(Generic[R]):
         self,
         batch: Batch[R],
         answers: dict[str, tuple[R | None, str]],
-        id_: str,
-        record: R | None,
+        records: Iterable[tuple[str, R | None]],
         source: str,
     ) -> None:
-        answer = answers[id_] = (record, source)
-        waiters = batch[id_]
-        for future in waiters:
-            if not future.done():
-                future.set_result(answer)
-        if waiters and not self._waking:
+        """Answer ids of ``batch`` with their records, which came from ``source`` (None:
+        known absent, whose source is "absent")."""
+        inflight = self._inflight
+        woken = False
+        for id_, record in records:
+            answer = answers[id_] = (record, source if record is not None else "absent")
+            waiters = batch[id_]
+            if waiters:
+                woken = True
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(answer)
+            if inflight.get(id_) is waiters:
+                del inflight[id_]  # answered: a later get starts afresh
+        if woken and not self._waking:
             # Its callers wake in the next loop turn, and their next reads (and this task's)
             # should make one batch, not a lone read first and then the rest.
             self._waking = True
             asyncio.get_running_loop().call_soon(self._woken)
-        if self._inflight.get(id_) is waiters:
-            del self._inflight[id_]  # answered: a later get starts afresh
 
     async def _read_through(
         self, batch: Batch[R], answers: dict[str, tuple[R | None, str]], *, script_first: bool
@@ -408,15 +423,14 @@ class ReadThrough(Generic[R]):
         little for that process's fill instead of querying too (one query per key across
         the fleet).
         """
-        token = secrets.token_hex(8)
         ticket = self._near.ticket() if self._near is not None else 0
         # Counted while in flight (see _lookups): the lookup, or the query when Redis gave no
         # answer (absent, failing), so that reads keep travelling in batches then too.
         self._lookups += 1
         waiting = True
         try:
-            misses, leases, corrupt = await self._lookup(
-                batch, answers, token, ticket, script_first=script_first
+            misses, leases, corrupt, token = await self._lookup(
+                batch, answers, ticket, script_first=script_first
             )
             if not misses:
                 return
@@ -426,8 +440,8 @@ class ReadThrough(Generic[R]):
             contested = [i for i in misses if leases[i] == LEASE_HELD]
             if contested and self._lease_wait > 0:
                 filled = await self._await_fills(contested, token, leases)
+                self._answer(batch, answers, filled.items(), "redis")
                 for id_, record in filled.items():
-                    self._answer(batch, answers, id_, record, "redis")
                     self._remember(id_, record, ticket)
                 misses = [i for i in misses if i not in filled]
                 if not misses:
@@ -447,12 +461,10 @@ class ReadThrough(Generic[R]):
             self._count_writes(outcomes)
             await self._check_claims(writes, outcomes)
             stored = {w.key for w, o in zip(writes, outcomes, strict=True) if o == STORED}
-        for id_ in misses:
-            record = rows.get(id_)
-            self._answer(
-                batch, answers, id_, record, "postgres" if record is not None else "absent"
-            )
-            # The near cache follows Redis: a fill it refused (lease lost) is not kept either.
+        found = [(i, rows.get(i)) for i in misses]
+        self._answer(batch, answers, found, "postgres")
+        # The near cache follows Redis: a fill it refused (lease lost) is not kept either.
+        for id_, record in found:
             if self._keys.value(self._kind, id_) in stored:
                 self._remember(id_, record, ticket)
 
@@ -482,13 +494,13 @@ class ReadThrough(Generic[R]):
         self,
         batch: Batch[R],
         answers: dict[str, tuple[R | None, str]],
-        token: str,
         ticket: int,
         *,
         script_first: bool,
-    ) -> tuple[list[str], dict[str, int | None], dict[str, bytes]]:
+    ) -> tuple[list[str], dict[str, int | None], dict[str, bytes], str]:
         """Answer the hits; return the misses, their lease states (None: Redis did not
-        answer) and the corrupt entries seen (which a fill may replace).
+        answer), the corrupt entries seen (which a fill may replace) and the token of the
+        leases taken (drawn only when a lease is asked for).
 
         The hits come from one MGET, Redis's cheapest read. Only what it did not serve is
         looked up again, by the script that also takes the leases (a fill may have landed in
@@ -499,28 +511,29 @@ class ReadThrough(Generic[R]):
         """
         ids = list(batch)
         kind = self._kind
-        attrs = {"securecache.kind": str(kind)}
+        attrs = self._attrs
         cache = self._cache
         if cache is None:
             self._telemetry.misses.add(len(ids), attrs)
-            return ids, dict.fromkeys(ids), {}
+            return ids, dict.fromkeys(ids), {}, ""
         rest = ids
         if not script_first and self._miss_rate < SCRIPT_FIRST_MISS_RATE:
             raws = await cache.entries(self._keys.values(kind, ids))
             if raws is None:  # Redis does not answer: all misses, no leases
                 self._telemetry.misses.add(len(ids), attrs)
-                return ids, dict.fromkeys(ids), {}
-            rest = self._serve(batch, answers, ticket, zip(ids, raws, strict=True))
+                return ids, dict.fromkeys(ids), {}, ""
+            rest = self._serve(batch, answers, ticket, ids, raws)
             if not rest:
                 self._miss_rate *= 1 - MISS_RATE_WEIGHT
-                return [], {}, {}
+                return [], {}, {}, ""
+        token = secrets.token_hex(8)
         pairs = [self._keys.pair(kind, i) for i in rest]
         answer = await cache.lookup(pairs, token, self._lease_ms)
         if answer is None:
             self._telemetry.misses.add(len(rest), attrs)
-            return rest, dict.fromkeys(rest), {}
+            return rest, dict.fromkeys(rest), {}, token
         looked = {i: raw for i, (raw, _) in zip(rest, answer, strict=True)}
-        misses = self._serve(batch, answers, ticket, looked.items())
+        misses = self._serve(batch, answers, ticket, rest, [raw for raw, _ in answer])
         leases: dict[str, int | None] = {
             i: lease for i, (_, lease) in zip(rest, answer, strict=True)
         }
@@ -538,28 +551,30 @@ class ReadThrough(Generic[R]):
         unleased = [i for i in misses if leases[i] == NO_LEASE_NEEDED]
         if unleased:
             leases.update(await self._take_leases(unleased, token))
-        return misses, leases, corrupt
+        return misses, leases, corrupt, token
 
     def _serve(
         self,
         batch: Batch[R],
         answers: dict[str, tuple[R | None, str]],
         ticket: int,
-        entries: Iterable[tuple[str, bytes | None]],
+        ids: Sequence[str],
+        raws: Sequence[bytes | None],
     ) -> list[str]:
-        """Answer each id whose entry can be served; return the others."""
-        hits, rest = self.servable(entries)
-        for id_, record in hits:
-            self._answer(batch, answers, id_, record, "redis" if record is not None else "absent")
+        """Answer each id whose entry (``raws``, in the order of ``ids``) can be served;
+        return the others."""
+        hits, rest = self.servable(ids, raws)
+        self._answer(batch, answers, hits, "redis")
         if self.keeps:
             self.keep(hits, ticket)
         return rest
 
     def servable(
-        self, entries: Iterable[tuple[str, bytes | None]]
+        self, ids: Sequence[str], raws: Sequence[bytes | None]
     ) -> tuple[list[tuple[str, R | None]], list[str]]:
-        """The entries read from Redis that may be served, as (id, record or None for a
-        known-absent id), and the ids of the others; counted as hits.
+        """The entries read from Redis (``raws``, in the order of ``ids``) that may be
+        served, as (id, record or None for a known-absent id), and the ids of the others;
+        counted as hits.
 
         Free of I/O and of loop state, so the sync twin serves its hits with it on the
         caller's thread, under the same rules.
@@ -567,17 +582,17 @@ class ReadThrough(Generic[R]):
         now_ms, horizon_ms = self._ttl.window()
         hits: list[tuple[str, R | None]] = []
         rest: list[str] = []
-        decode, record_type, absent = codec.decode_entry, self._type, codec.ABSENT
-        for id_, raw in entries:
-            entry = decode(record_type, raw, id_, now_ms=now_ms, horizon_ms=horizon_ms)
+        record_type, absent = self._type, codec.ABSENT
+        entries = codec.decode_entries(record_type, ids, raws, now_ms=now_ms, horizon_ms=horizon_ms)
+        for id_, entry in zip(ids, entries, strict=True):
             if entry is absent:
                 hits.append((id_, None))
-            elif isinstance(entry, record_type):
+            elif type(entry) is record_type:  # records are final classes
                 hits.append((id_, entry))
             else:
                 rest.append(id_)
         if hits:
-            self._telemetry.hits.add(len(hits), {"securecache.kind": str(self._kind)})
+            self._telemetry.hits.add(len(hits), self._attrs)
         return hits, rest
 
     def keep(self, hits: Sequence[tuple[str, R | None]], ticket: int) -> None:

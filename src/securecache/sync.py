@@ -149,7 +149,7 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
         raws = self._reader.entries([reads.keys.value(reads.kind, i) for i in ids])
         if raws is None:
             return [], list(ids), False
-        hits, rest = reads.servable(zip(ids, raws, strict=True))
+        hits, rest = reads.servable(ids, raws)
         if hits and reads.keeps:  # the near cache and the audit belong to the loop
             self._loop.loop.call_soon_threadsafe(reads.keep, hits, ticket)
         return hits, rest, True
