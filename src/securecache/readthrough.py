@@ -266,8 +266,12 @@ class ReadThrough(Generic[R]):
         :meth:`load` for ``missed``)."""
         inflight = self._inflight
         if missed or self._alone():
-            joined = {i: self._waiter(i, inflight[i]) for i in ids if i in inflight}
-            fresh: Batch[R] = {i: [] for i in ids if i not in joined}
+            joined = (
+                {i: self._waiter(i, inflight[i]) for i in ids if i in inflight} if inflight else {}
+            )
+            fresh: Batch[R] = (
+                {i: [] for i in ids if i not in joined} if joined else {i: [] for i in ids}
+            )
             inflight.update(fresh)
             if not joined:
                 answers = await self._run(fresh, script_first=missed)
@@ -396,7 +400,7 @@ class ReadThrough(Generic[R]):
         inflight = self._inflight
         woken = False
         for id_, record in records:
-            answer = answers[id_] = (record, source if record is not None else "absent")
+            answer = answers[id_] = (record, source) if record is not None else (None, "absent")
             waiters = batch[id_]
             if waiters:
                 woken = True

@@ -146,7 +146,7 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
             return [], list(ids), False
         near = reads.near
         ticket = near.ticket() if near is not None else 0
-        raws = self._reader.entries([reads.keys.value(reads.kind, i) for i in ids])
+        raws = self._reader.entries(reads.keys.values(reads.kind, ids))  # ids validated
         if raws is None:
             return [], list(ids), False
         hits, rest = reads.servable(ids, raws)
