@@ -42,12 +42,21 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
         server.stop()
 
 
+@pytest.fixture(params=["redis", "near-cache"])
+def cache_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The Redis faults are suffered twice: on Redis alone, and with a near cache in front of
+    it (whose invalidations travel over the same Redis)."""
+    if request.param == "near-cache":
+        return settings.with_changes(local_cache_size=10_000)
+    return settings
+
+
 def _hits(reader: InMemoryMetricReader) -> int:
     return counter_total(reader, "securecache.cache.hits")
 
 
 async def test_a_hung_redis_costs_no_read_more_than_a_second(
-    settings: Settings, make_securities: MakeSecurities, own_redis: RedisProcess
+    cache_settings: Settings, make_securities: MakeSecurities, own_redis: RedisProcess
 ) -> None:
     """Redis frozen (SIGSTOP) for 5 s under 16 reading tasks, default settings: no read fails,
     none takes 1 s, the breaker opens, and reads are served from Redis again within 5 s of it
@@ -55,7 +64,7 @@ async def test_a_hung_redis_costs_no_read_more_than_a_second(
     ids = make_securities(50, with_scores=True)
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    ours = settings.with_changes(redis_url=own_redis.url, redis_cluster=False)
+    ours = cache_settings.with_changes(redis_url=own_redis.url, redis_cluster=False)
     durations: list[float] = []
     failures: list[BaseException] = []
     breaker_opened = False
@@ -107,13 +116,13 @@ async def test_a_hung_redis_costs_no_read_more_than_a_second(
 
 
 async def test_outage_debts_are_bounded_and_reads_bypass_redis_past_the_bound(
-    settings: Settings, make_securities: MakeSecurities, own_redis: RedisProcess
+    cache_settings: Settings, make_securities: MakeSecurities, own_redis: RedisProcess
 ) -> None:
     """Writes during an outage owe invalidations; past the bound the list is dropped and this
     process stops trusting Redis for the entries' lifetime: a stale entry that survived the
     outage is never served, even though its deletion was forgotten."""
     ids = make_securities(8, with_scores=True)
-    ours = settings.with_changes(redis_url=own_redis.url, redis_cluster=False, ttl_seconds=60)
+    ours = cache_settings.with_changes(redis_url=own_redis.url, redis_cluster=False, ttl_seconds=60)
     async with SecureCache(ours) as cache:
         before = await cache.scores.get_many(ids)  # cached in Redis
         redis_cache = cache._cache
