@@ -25,6 +25,7 @@ from typing import Final
 import attrs
 from starlette.responses import Response
 
+from securecache import Score, Security, codec
 from servers.params import JSON, Kind, text
 from servers.schemas import anchored
 
@@ -90,6 +91,40 @@ def representation(
     """200 with the body, or 304 when If-None-Match already names it; both carry the tags."""
     tags = [(b"etag", etag.encode("latin-1")), (b"cache-control", cache_control.encode("latin-1"))]
     if if_none_match is not None and none_match(if_none_match, etag):
+        return _Encoded(304, b"", tags)
+    tags.append((b"content-length", str(len(body)).encode()))
+    tags.append(_JSON_TYPE)
+    return _Encoded(200, body, tags)
+
+
+_ENCODED_RECORDS: Final = 4096
+"""Records whose encoding :func:`record_representation` keeps (the hot set of a server)."""
+_encoded: dict[int, tuple[Security | Score, bytes, bytes]] = {}
+"""By ``id(record)``: the record itself (held, so that no other object can have its id while
+it is here), its JSON and its entity tag, oldest first. One event loop uses it."""
+
+
+def record_representation(
+    if_none_match: str | None, record: Security | Score, cache_control: str
+) -> Response:
+    """:func:`representation` of a record, tagged with its version.
+
+    The read path hands out the same immutable record object for as long as its entry is
+    hot (the near cache holds it; the decoder remembers it by the entry's bytes), so the
+    JSON and the tag are made once per record, not once per request.
+    """
+    known = _encoded.get(id(record))
+    if known is None:
+        if len(_encoded) >= _ENCODED_RECORDS:
+            del _encoded[next(iter(_encoded))]
+        known = _encoded[id(record)] = (
+            record,
+            codec.dumps(record),
+            version_etag(record.version).encode("latin-1"),
+        )
+    _, body, etag = known
+    tags = [(b"etag", etag), (b"cache-control", cache_control.encode("latin-1"))]
+    if if_none_match is not None and none_match(if_none_match, etag.decode("latin-1")):
         return _Encoded(304, b"", tags)
     tags.append((b"content-length", str(len(body)).encode()))
     tags.append(_JSON_TYPE)

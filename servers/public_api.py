@@ -20,7 +20,7 @@ from starlette.responses import Response
 from securecache import Page, Score, SecureCache, Security, Settings, codec
 from securecache.models import MAX_PAGE
 from servers.app import build_app, document
-from servers.conditional import IF_NONE_MATCH, body_etag, representation, version_etag
+from servers.conditional import IF_NONE_MATCH, body_etag, record_representation, representation
 from servers.cursor import CURSOR as CURSOR_KIND
 from servers.params import IDENTIFIER, HeaderParam, PathParam, QueryParam, integer
 from servers.problems import not_found
@@ -101,8 +101,7 @@ async def get_security(
     security = await cache.securities.get(security_id)
     if security is None:
         raise not_found(f"no security {security_id!r}")
-    body = codec.dumps(security)
-    return representation(if_none_match, body, version_etag(security.version), CACHE_CONTROL)
+    return record_representation(if_none_match, security, CACHE_CONTROL)
 
 
 @API.get(
@@ -123,8 +122,7 @@ async def get_score(
     score = await cache.scores.get(security_id)
     if score is None:
         raise not_found(f"no score for security {security_id!r}")
-    body = codec.dumps(score)
-    return representation(if_none_match, body, version_etag(score.version), CACHE_CONTROL)
+    return record_representation(if_none_match, score, CACHE_CONTROL)
 
 
 OPENAPI: Final = document(API)

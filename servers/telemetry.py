@@ -300,6 +300,10 @@ class _Instruments:
         )
 
 
+_EXCLUDED_URLS_VARS: Final = ("OTEL_PYTHON_ASGI_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS")
+"""Where OpenTelemetry's ``get_excluded_urls("ASGI")`` finds the URLs not to trace."""
+
+
 class RequestTelemetry:
     """ASGI middleware: a SERVER span per request, named after its route template, and the
     request metrics (``http.server.request.duration``, ``http.server.active_requests``),
@@ -318,6 +322,9 @@ class RequestTelemetry:
         self.app = app
         self._current = current
         self._excluded = get_excluded_urls("ASGI")
+        # Without one of the variables get_excluded_urls reads, no URL is excluded and the
+        # request's URL need not be put together to ask.
+        self._excluding = any(os.environ.get(v) for v in _EXCLUDED_URLS_VARS)
         self._instruments: _Instruments | None = None
 
     def _for(
@@ -339,7 +346,7 @@ class RequestTelemetry:
             return
         path: str = scope["path"]
         scheme: str = scope.get("scheme", "http")
-        if self._excluded.url_disabled(f"{scheme}://{_host(scope)}{path}"):
+        if self._excluding and self._excluded.url_disabled(f"{scheme}://{_host(scope)}{path}"):
             await self.app(scope, receive, send)
             return
         instruments = self._for(tracer_provider, self._current.meter_provider)

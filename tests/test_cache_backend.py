@@ -177,3 +177,26 @@ async def test_delete_and_announce(
         assert message["data"] == b"score A1\nsecurity B2"
     finally:
         pubsub.close()
+
+
+async def test_a_read_on_a_connection_redis_dropped_is_sent_again_on_a_fresh_one(
+    redis_target: RedisTarget, redis_admin: redis.Redis, keys: tuple[str, str]
+) -> None:
+    """The hit path's MGET (sent on a pooled connection directly) heals a connection that
+    Redis closed (a restart, a CLIENT KILL, an idle timeout) the way the client's retry policy
+    would: one more try on a fresh connection, no failure counted, no fall-through."""
+    if redis_target.cluster:
+        pytest.skip("on a cluster the MGETs go through redis-py's cluster client")
+    redis_admin.set(keys[0], entry(4), px=TTL)
+    client = connect(redis_target.url, cluster=False, timeout=1.0, max_connections=1)
+    breaker = CircuitBreaker(1, 60.0)  # one failure would open it
+    cache = RedisCache(client, Telemetry(), breaker)
+    try:
+        assert await cache.entries([keys[0]]) == [entry(4)]
+        own_id = await client.client_id()  # the one pooled connection
+        assert redis_admin.client_kill_filter(_id=str(own_id)) == 1
+        assert await cache.entries([keys[0]]) == [entry(4)]
+        assert not breaker.is_open
+        assert await client.client_id() != own_id
+    finally:
+        await cache.close()

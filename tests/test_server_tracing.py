@@ -193,6 +193,28 @@ async def test_requests_without_a_route_are_spans_named_by_their_method(
         assert span.status.status_code is StatusCode.UNSET
 
 
+async def test_excluded_urls_get_no_server_span(
+    monkeypatch: pytest.MonkeyPatch,
+    database: Any,
+    servers: ServerInfo,
+    key_prefix: str,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """``OTEL_PYTHON_ASGI_EXCLUDED_URLS`` (docs/operations.md): a request whose URL matches
+    one of its expressions gets no span; the others still do."""
+    monkeypatch.setenv("OTEL_PYTHON_ASGI_EXCLUDED_URLS", "healthz,readyz")
+    settings = Settings(
+        database_url=database.reader_url, redis_url=servers.redis_url, key_prefix=key_prefix
+    )
+    async for http in started(public_api.create_app(settings, tracer_provider=provider)):
+        exporter.clear()
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/no/such/thing")).status_code == 404
+    server_spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert [s.name for s in server_spans] == ["GET"]  # the 404's; none for /healthz
+
+
 async def test_a_write_traces_the_upsert_under_the_request(
     internal: httpx.AsyncClient, exporter: InMemorySpanExporter, make_securities: MakeSecurities
 ) -> None:

@@ -454,11 +454,34 @@ class RedisCache:
                 lambda: client.mget_nonatomic(keys),  # type: ignore[union-attr]
                 None,
             )
-        else:  # the command itself, not redis-py's mget(): less to run per read
-            replies = await self._call("MGET", lambda: client.execute_command("MGET", *keys), None)
+        else:
+            replies = await self._call("MGET", lambda: self._mget(keys), None)
         if replies is None:
             return None
         return [r if isinstance(r, bytes) else None for r in replies]
+
+    async def _mget(self, keys: Sequence[str]) -> list[Any]:
+        """``MGET`` on a connection of the client's pool, sent and read directly.
+
+        redis-py's per-command wrapper (its retry object, observability hooks and response
+        callbacks) costs a cached read about as much CPU as this library's whole policy
+        (``python -m bench.profile_reads``); the hit path needs none of it but the retry,
+        done here the same way: a connection that died with a restarted Redis is dropped
+        and the command sent once more, on a fresh one.
+        """
+        pool = self._client.connection_pool  # type: ignore[union-attr]
+        for attempt in range(2):
+            connection = await pool.get_connection()
+            try:
+                await connection.send_command("MGET", *keys)
+                return await connection.read_response()  # type: ignore[no-any-return]
+            except RedisConnectionError:
+                await connection.disconnect()
+                if attempt:
+                    raise
+            finally:
+                await pool.release(connection)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def lookup(
         self, pairs: Sequence[tuple[str, str]], token: str, lease_ms: int
