@@ -31,6 +31,7 @@ COLORS: Final = {
     "public_api": "#1f5fa8",
     "securecache_near": "#0b2f5c",
     "public_api_near": "#0b2f5c",
+    "public_api_no_metrics": "#7aa6d8",
     "aiocache": "#e8871e",
     "cashews": "#3a9a3a",
     "cashews_client_side": "#9fd89f",

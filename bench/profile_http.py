@@ -7,7 +7,9 @@ other ``SECURECACHE_*`` and ``OTEL_*`` variables apply as they do to the servers
 build it (:func:`servers.public_api.create_app`, telemetry from the environment) and called
 in process with the ASGI messages uvicorn would send, so the profile holds the app and the
 library, and neither a socket nor an HTTP client. ``--constant`` profiles
-:mod:`bench.constant_app` the same way, for the framework's own share.
+:mod:`bench.constant_app` the same way, for the framework's own share. ``--tasks N`` also
+prints the CPU a request costs when N tasks call the app at once (as N connections would,
+without the server's own share).
 """
 
 from __future__ import annotations
@@ -62,7 +64,22 @@ async def call(app: ASGIApp, path: str) -> int:
     return status
 
 
-async def profile(requests: int, rows: int, *, constant: bool, sort: str) -> None:
+async def concurrent_cpu(app: ASGIApp, path: str, tasks: int, requests: int) -> float:
+    """CPU microseconds of this process a request, ``tasks`` callers at once, best of 3."""
+
+    async def caller() -> None:
+        for _ in range(max(1, requests // tasks)):
+            await call(app, path)
+
+    rounds = []
+    for _ in range(3):
+        started = time.process_time()
+        await asyncio.gather(*(caller() for _ in range(tasks)))
+        rounds.append((time.process_time() - started) / (max(1, requests // tasks) * tasks))
+    return min(rounds) * 1e6
+
+
+async def profile(requests: int, rows: int, *, constant: bool, sort: str, tasks: int) -> None:
     app: Any = constant_app.app if constant else public_api.create_app(library_settings_from_env())
     async with app.router.lifespan_context(app):
         if constant:
@@ -88,6 +105,7 @@ async def profile(requests: int, rows: int, *, constant: bool, sort: str) -> Non
             for _ in range(requests):
                 await call(app, path)
             rounds.append(time.perf_counter() - plain)
+        together = await concurrent_cpu(app, path, tasks, 10 * requests) if tasks else None
     stats = pstats.Stats(profiler)
     # Function calls a request: unlike time, the same on a busy machine as on an idle one.
     calls = stats.total_calls / requests  # type: ignore[attr-defined]
@@ -96,6 +114,8 @@ async def profile(requests: int, rows: int, *, constant: bool, sort: str) -> Non
         f"of 5 rounds ({elapsed / requests * 1e6:.0f} us under cProfile; {calls:.0f} Python "
         "function calls a request)"
     )
+    if together is not None:
+        print(f"{tasks} tasks at once: {together:.1f} us of CPU a request (best of 3 rounds)")
     stats.sort_stats(sort).print_stats(rows)
 
 
@@ -105,8 +125,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=40, help="profile lines to print")
     parser.add_argument("--sort", default="cumulative", help="pstats order, e.g. tottime")
     parser.add_argument("--constant", action="store_true", help="the constant app instead")
+    parser.add_argument("--tasks", type=int, default=0, help="also N concurrent callers")
     args = parser.parse_args(argv)
-    asyncio.run(profile(args.requests, args.rows, constant=args.constant, sort=args.sort))
+    asyncio.run(
+        profile(args.requests, args.rows, constant=args.constant, sort=args.sort, tasks=args.tasks)
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from bench.hits import hit_phase, sync_phase
 from bench.measure import Results, unavailable
 from bench.misses import miss_phase
 from bench.web import http_phase
-from bench.workloads import BATCH, CONCURRENCY, HERD, expected_pairs
+from bench.workloads import BATCH, CONCURRENCY, HERD, HTTP_CONTENDERS, expected_pairs
 from securecache import Settings
 from securecache.ops.dev import resolve_servers
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(sync_phase(ctx, results))
             run(miss_phase(ctx, results, args.herd))
             if args.no_http:
-                for contender in ("constant", "public_api", "public_api_near"):
+                for contender in HTTP_CONTENDERS:
                     results.add(unavailable("http_get_security", contender, "--no-http given"))
                 http_meta = {"tool": None, "note": "--no-http given"}
             else:

@@ -32,7 +32,7 @@ import orjson
 
 from bench.data import Context
 from bench.measure import Results, unavailable
-from bench.workloads import LABELS
+from bench.workloads import HTTP_CONTENDERS, LABELS
 from securecache.ops.dev import LOOPBACK, free_port
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ NEAR_ENV: Final = {
     "SECURECACHE_LOCAL_CACHE_SIZE": "10000",
     "SECURECACHE_LOCAL_CACHE_TTL_SECONDS": "1.0",
 }
+NO_METRICS_ENV: Final = {"SECURECACHE_METRICS_PORT": "0"}
 _UNITS: Final = {"us": 1.0, "ms": 1e3, "s": 1e6}
 
 
@@ -232,7 +233,8 @@ def http_phase(
     print("HTTP (wrk)", flush=True)
     wrk = shutil.which("wrk")
     launch = find_launch()
-    pairs = [("constant", {}), ("public_api", {}), ("public_api_near", NEAR_ENV)]
+    env = {"public_api_near": NEAR_ENV, "public_api_no_metrics": NO_METRICS_ENV}
+    pairs = [(contender, env.get(contender, {})) for contender in HTTP_CONTENDERS]
     if wrk is None:
         print(f"  {WRK_MISSING}", flush=True)
         for contender, _ in pairs:
@@ -247,6 +249,10 @@ def http_phase(
         "constant": "the framework and server alone",
         "public_api": "as shipped: no trace exporter (so no spans), metrics on, near cache off",
         "public_api_near": "as shipped, SECURECACHE_LOCAL_CACHE_SIZE=10000",
+        "public_api_no_metrics": (
+            "context: no metrics exported (SECURECACHE_METRICS_PORT=0), so no request "
+            "duration sample per request"
+        ),
     }
     for contender, extra in pairs:
         try:

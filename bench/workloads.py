@@ -32,6 +32,9 @@ class Workload:
     description: str
 
 
+HTTP_CONTENDERS: Final = ("constant", "public_api", "public_api_near", "public_api_no_metrics")
+"""The servers wrk measures; the last is context: what the request metrics cost."""
+
 WORKLOADS: Final = (
     Workload(
         "lone_get",
@@ -106,7 +109,7 @@ WORKLOADS: Final = (
     Workload(
         "http_get_security",
         "HTTP GET /securities/{id}",
-        ("constant", "public_api", "public_api_near"),
+        HTTP_CONTENDERS,
         ("http_get_security", "constant"),
         "wrk against a real server process; one cached security.",
     ),
@@ -127,6 +130,7 @@ LABELS: Final = {
     "constant": "constant-JSON Starlette endpoint",
     "public_api": "public API",
     "public_api_near": "public API + near cache",
+    "public_api_no_metrics": "public API, metrics off",
 }
 """Default labels; a measurement may name its contender more precisely (GET or MGET...)."""
 

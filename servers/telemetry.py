@@ -33,9 +33,8 @@ from typing import Any, Final
 import attrs
 from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -48,6 +47,9 @@ from opentelemetry.util.http import get_excluded_urls
 from prometheus_client import CollectorRegistry, start_http_server
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from servers import durations
+from servers.durations import PeriodicReader, PrometheusReader, RequestDurations
 
 PUBLIC_SERVICE_NAME = "securecache-public-api"
 INTERNAL_SERVICE_NAME = "securecache-internal-api"
@@ -164,18 +166,20 @@ def metrics_from_env(default_service_name: str, *, port: int, host: str) -> Metr
         return Metrics(metrics.NoOpMeterProvider(), "metrics disabled (OTEL_SDK_DISABLED)")
     readers: list[MetricReader] = []
     sent_to: list[str] = []
+    resource, name = _resource(default_service_name)
+    histogram = RequestDurations()
     endpoint = _endpoint(_METRICS_ENDPOINT_VARS)
     if "otlp" in _exporters("OTEL_METRICS_EXPORTER") and endpoint:
         # Imported here, as the span exporter is.
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        readers.append(PeriodicReader(histogram, OTLPMetricExporter()))
         sent_to.append(f"OTLP/HTTP at {endpoint}")
     stop_endpoint: Callable[[], None] | None = None
     if port:
         # A registry of this app's own: two apps in one process (tests) stay apart.
         registry = CollectorRegistry()
-        readers.append(PrometheusMetricReader(registry=registry))
+        readers.append(PrometheusReader(histogram, registry=registry))
         try:
             server, thread = start_http_server(port, host, registry)
         except OSError:
@@ -189,8 +193,8 @@ def metrics_from_env(default_service_name: str, *, port: int, host: str) -> Metr
             metrics.NoOpMeterProvider(),
             "metrics: no OTLP endpoint and no SECURECACHE_METRICS_PORT, none are exported",
         )
-    resource, name = _resource(default_service_name)
     provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+    _DURATIONS[provider] = histogram
     description = f"metrics of {name} exported to {' and '.join(sent_to)}"
     return Metrics(provider, description, stop_endpoint)
 
@@ -211,10 +215,6 @@ KNOWN_METHODS: Final = frozenset(
 )
 """Methods named as sent in spans and metrics; any other is ``_OTHER`` (semantic conventions),
 so a client cannot grow the metrics' label sets."""
-DURATION_BUCKETS: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-)  # fmt: skip
-"""The semantic conventions' advice for ``http.server.request.duration``, in seconds."""
 
 
 class CurrentProviders:
@@ -232,15 +232,25 @@ class CurrentProviders:
 
 class _Measures:
     """One meter provider's request instruments, made once per provider (two apps measured
-    by one provider share them, as they share the process)."""
+    by one provider share them, as they share the process).
+
+    The request durations go to the histogram the provider's readers export
+    (:mod:`servers.durations`) when the servers built the provider; to an SDK histogram when
+    the caller gave it.
+    """
 
     def __init__(self, provider: metrics.MeterProvider) -> None:
-        meter = provider.get_meter("servers")
-        self.duration = meter.create_histogram(
-            "http.server.request.duration",
-            unit="s",
-            description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        meter = provider.get_meter(durations.SCOPE)
+        self._durations = _DURATIONS.get(provider)
+        self._histogram = (
+            None
+            if self._durations is not None
+            else meter.create_histogram(
+                durations.NAME,
+                unit=durations.UNIT,
+                description=durations.DESCRIPTION,
+                explicit_bucket_boundaries_advisory=durations.BUCKETS,
+            )
         )
         self.in_flight: dict[tuple[str, str], int] = {}
         """Requests being served, by (method, scheme): counted with plain integers and read
@@ -255,12 +265,16 @@ class _Measures:
     def record(
         self, seconds: float, method: str, scheme: str, template: str | None, status: int
     ) -> None:
+        if self._durations is not None:
+            self._durations.record(seconds, method, scheme, status, template)
+            return
+        assert self._histogram is not None
         attributes: dict[str, str | int] = {"http.request.method": method, "url.scheme": scheme}
         if status:
             attributes["http.response.status_code"] = status
         if template is not None:
             attributes["http.route"] = template
-        self.duration.record(seconds, attributes)
+        self._histogram.record(seconds, attributes)
 
     def _observe(self, _options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         return [
@@ -272,6 +286,10 @@ class _Measures:
 _MEASURES: Final[weakref.WeakKeyDictionary[metrics.MeterProvider, _Measures]] = (
     weakref.WeakKeyDictionary()
 )
+_DURATIONS: Final[weakref.WeakKeyDictionary[metrics.MeterProvider, RequestDurations]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The request histogram of each provider :func:`metrics_from_env` built (its readers')."""
 
 
 def _measures(provider: metrics.MeterProvider) -> _Measures:

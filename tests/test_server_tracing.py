@@ -31,6 +31,8 @@ from securecache import Settings
 from securecache.ops.dev import ServerInfo
 from securecache.telemetry import Telemetry
 from servers import internal_api, public_api
+from servers.durations import BUCKETS
+from servers.durations import NAME as REQUEST_DURATION
 from servers.settings import ServerSettings
 from servers.telemetry import INTERNAL_SERVICE_NAME, PUBLIC_SERVICE_NAME, tracing_from_env
 
@@ -391,15 +393,20 @@ def received_spans(collector: Collector) -> list[Span]:
     return spans
 
 
-def received_metric_names(collector: Collector) -> set[str]:
-    names: set[str] = set()
+def received_metrics(collector: Collector) -> list[Any]:
+    """Every metric the collector received over OTLP, in order."""
+    found: list[Any] = []
     for path, body in collector.received:
         if path == "/v1/metrics":
             request = ExportMetricsServiceRequest.FromString(body)
             for resource in request.resource_metrics:
                 for scope in resource.scope_metrics:
-                    names.update(m.name for m in scope.metrics)
-    return names
+                    found.extend(scope.metrics)
+    return found
+
+
+def received_metric_names(collector: Collector) -> set[str]:
+    return {m.name for m in received_metrics(collector)}
 
 
 def wire_ancestry(span: Span, spans: Sequence[Span]) -> list[str]:
@@ -445,3 +452,22 @@ def test_a_served_request_reaches_the_collector_with_its_cache_and_database_span
     assert {"securecache.cache.misses", "securecache.db.queries"} <= received_metric_names(
         collector
     )
+    # The request histogram (servers.durations) arrives as the SDK's would: by route, with
+    # its buckets, cumulative.
+    (last, *_) = reversed([m for m in received_metrics(collector) if m.name == REQUEST_DURATION])
+    assert last.unit == "s"
+    by_route = {
+        tuple(sorted((a.key, a.value.string_value or a.value.int_value) for a in p.attributes)): p
+        for p in last.histogram.data_points
+    }
+    point = by_route[
+        (
+            ("http.request.method", "GET"),
+            ("http.response.status_code", 200),
+            ("http.route", "/securities/{id}"),
+            ("url.scheme", "http"),
+        )
+    ]
+    assert point.count == 1
+    assert sum(point.bucket_counts) == 1
+    assert list(point.explicit_bounds) == list(BUCKETS)
