@@ -404,11 +404,11 @@ class RequestTelemetry:
             status = status or 500
             raise
         finally:
-            if token is not None:
-                context.detach(token)
             route = scope.get("route")
             template = route.path if isinstance(route, Route) else None
-            _end(span, method, template, status)
+            if token is not None:  # a span was started (tracing is on)
+                context.detach(token)
+                _end(span, method, template, status)
             if measures is not None:
                 measures.in_flight[method, scheme] -= 1
                 measures.record(time.perf_counter() - started, method, scheme, template, status)

@@ -82,8 +82,10 @@ class NearCache:
             self._entries.pop(key, None)
             self._telemetry.near_misses.add(1)
             return MISSING
-        with contextlib.suppress(KeyError):
+        try:  # noqa: SIM105 - contextlib.suppress would cost a context manager per hit
             self._entries.move_to_end(key)
+        except KeyError:  # evicted meanwhile, by another thread: still a hit
+            pass
         self._telemetry.near_hits.add(1)
         return value
 

@@ -220,9 +220,9 @@ class ReadThrough(Generic[R]):
     async def get(self, id_: str) -> R | None:
         """One record: from the near cache, or loaded at once, or with the gets around it."""
         if self._near is not None:
-            found, rest = self.remembered([id_])
-            if not rest:
-                return found[id_]
+            hit = self._near.get((self._kind, id_))
+            if hit is not MISSING:
+                return hit  # type: ignore[no-any-return]
         with self._telemetry.call_span(f"securecache {self._namespace}.get") as span:
             record, source = await self.load(id_)
             span.set_attribute(SOURCE, source)
