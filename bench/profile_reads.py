@@ -6,7 +6,9 @@ wall time, so that a busy machine moves the figures less: Redis and PostgreSQL r
 processes. For each path it prints the CPU microseconds a call costs this process, for bare
 redis-py (``GET``/``MGET`` and ``orjson.loads``, no socket timeout) and for securecache
 (``scores.get``, ``scores.get_many`` of 100), every key cached; ``--profile`` adds cProfile's
-top functions of ``get_many``.
+top functions of ``get_many``; ``--policy`` adds the same two calls over a Redis backend that
+answers each MGET at once from memory (the entries read from Redis beforehand), which leaves
+the policy's own CPU: validation, the registry, decoding, answering.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from securecache import SecureCache, Settings
+from securecache.keys import KeyScheme, Kind
+from securecache.readthrough import CacheBackend
 
 
 async def cpu_per_call(call: Callable[[int], Awaitable[object]], calls: int) -> float:
@@ -34,7 +38,48 @@ async def cpu_per_call(call: Callable[[int], Awaitable[object]], calls: int) -> 
     return (time.process_time() - started) / calls * 1e6
 
 
-async def profile(calls: int, rounds: int, show_profile: bool) -> None:
+class InstantEntries:
+    """A backend whose ``entries`` answers from memory, at once; the rest is the real one."""
+
+    def __init__(self, inner: CacheBackend) -> None:
+        self.inner = inner
+        self.known: dict[str, bytes | None] = {}
+
+    async def entries(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        return [self.known.get(k) for k in keys]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def policy_only(settings: Settings, calls: int) -> None:
+    """CPU a call of ``scores.get`` and ``get_many(100)`` with no Redis round trip."""
+    backends: list[InstantEntries] = []
+
+    def instant(inner: CacheBackend) -> CacheBackend:
+        backends.append(InstantEntries(inner))
+        return backends[-1]  # type: ignore[return-value]
+
+    async with SecureCache(settings, wrap_redis=instant) as cache:
+        ids = [s.id for s in (await cache.securities.list(limit=100)).items]
+        keys = KeyScheme(settings.key_prefix).values(Kind.SCORE, ids)
+        raws = await backends[0].inner.entries(keys)
+        assert raws is not None
+        backends[0].known.update(zip(keys, raws, strict=True))
+
+        async def one(i: int) -> object:
+            return await cache.scores.get(ids[i % len(ids)])
+
+        async def many(_: int) -> object:
+            return await cache.scores.get_many(ids)
+
+        single = await cpu_per_call(one, calls)
+        batch = await cpu_per_call(many, max(1, calls // 10))
+    print(f"{'policy alone: scores.get':40} {single:8.1f} us CPU a call")
+    print(f"{'policy alone: scores.get_many of 100':40} {batch:8.1f} us CPU a call")
+
+
+async def profile(calls: int, rounds: int, show_profile: bool, policy: bool) -> None:
     settings = Settings.from_env(key_prefix="profile-reads")
     async with SecureCache(settings) as cache:
         ids = [s.id for s in (await cache.securities.list(limit=200)).items]
@@ -79,6 +124,8 @@ async def profile(calls: int, rounds: int, show_profile: bool) -> None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
         await bare.delete(*keys)
         await bare.aclose()
+    if policy:
+        await policy_only(settings, calls)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -86,8 +133,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=5000, help="calls per round (gets)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile of get_many")
+    parser.add_argument("--policy", action="store_true", help="also with no Redis round trip")
     args = parser.parse_args(argv)
-    asyncio.run(profile(args.calls, args.rounds, args.profile))
+    asyncio.run(profile(args.calls, args.rounds, args.profile, args.policy))
 
 
 if __name__ == "__main__":
