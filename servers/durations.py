@@ -1,15 +1,15 @@
 """The request duration histogram (``http.server.request.duration``), aggregated in process.
 
 The SDK's ``Histogram.record`` cleans, copies and hashes the attributes of every measurement:
-under load that was a quarter of a cached request's CPU (``make bench``, wrk at 64
-connections: the public API served about 12,500 requests a second with it and 17,200 without
-it). Here a request adds its duration to the buckets of its attribute set (a look-up, a
-bisect and a few additions under a lock), and the metric readers the servers build receive
-the histogram as SDK metric data each time they collect
-(:class:`PrometheusReader`, :class:`PeriodicReader`): the Prometheus endpoint and the OTLP
-export see the instrument the SDK would have made (name, unit, buckets, attributes; cumulative,
-with min and max; no exemplars). A meter provider given by the caller is measured through
-the SDK instead (:class:`servers.telemetry.RequestTelemetry`): its readers are not ours.
+under load that was a quarter of a cached request's CPU (``wrk -t2 -c64`` against ``python -m
+servers public``: 12,528 requests a second with it, 17,185 with the call removed; see
+docs/performance.md). Here a request adds its duration to the buckets of its attribute set (a
+look-up, a bisect and a few additions under a lock), and the metric readers the servers build
+receive the histogram as SDK metric data each time they collect (:class:`PrometheusReader`,
+:class:`PeriodicReader`): the Prometheus endpoint and the OTLP export see the instrument the
+SDK would have made (name, unit, buckets, attributes; cumulative, with min and max; no
+exemplars). A meter provider given by the caller is measured through the SDK instead
+(:class:`servers.telemetry.RequestTelemetry`): its readers are not ours.
 """
 
 from __future__ import annotations
