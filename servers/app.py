@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 
 from securecache import SecureCache, Settings
 from servers import openapi, probes
+from servers.dispatch import DirectDispatch
 from servers.problems import EXCEPTION_HANDLERS
 from servers.routes import Api, Operation, starlette_routes
 from servers.settings import ServerSettings, library_settings_from_env
@@ -112,7 +113,10 @@ def build_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestTelemetry, current=current)],
+        middleware=[
+            Middleware(RequestTelemetry, current=current),
+            Middleware(DirectDispatch, routes=routes, handlers=EXCEPTION_HANDLERS),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -99,9 +99,10 @@ def representation(
 
 _ENCODED_RECORDS: Final = 4096
 """Records whose encoding :func:`record_representation` keeps (the hot set of a server)."""
-_encoded: dict[int, tuple[Security | Score, bytes, bytes]] = {}
+_encoded: dict[int, tuple[Security | Score, bytes, bytes, bytes]] = {}
 """By ``id(record)``: the record itself (held, so that no other object can have its id while
-it is here), its JSON and its entity tag, oldest first. One event loop uses it."""
+it is here), its JSON, its entity tag and its JSON's length, oldest first. One event loop uses
+it."""
 
 
 def record_representation(
@@ -117,16 +118,18 @@ def record_representation(
     if known is None:
         if len(_encoded) >= _ENCODED_RECORDS:
             del _encoded[next(iter(_encoded))]
+        body = codec.dumps(record)
         known = _encoded[id(record)] = (
             record,
-            codec.dumps(record),
+            body,
             version_etag(record.version).encode("latin-1"),
+            str(len(body)).encode(),
         )
-    _, body, etag = known
+    _, body, etag, length = known
     tags = [(b"etag", etag), (b"cache-control", cache_control.encode("latin-1"))]
     if if_none_match is not None and none_match(if_none_match, etag.decode("latin-1")):
         return _Encoded(304, b"", tags)
-    tags.append((b"content-length", str(len(body)).encode()))
+    tags.append((b"content-length", length))
     tags.append(_JSON_TYPE)
     return _Encoded(200, body, tags)
 

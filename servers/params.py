@@ -142,7 +142,13 @@ class Param:
             value: str | None = request.path_params.get(name)
             return value
         if self.location == "header":
-            return request.headers.get(name)
+            # What request.headers.get(name) returns (ASGI header names are lower case),
+            # without building the Headers object.
+            wanted = name.lower().encode("latin-1")
+            for key, raw in request.scope["headers"]:
+                if key == wanted:
+                    return str(raw.decode("latin-1"))
+            return None
         if self.kind.many:
             values = request.query_params.getlist(name)
             return ",".join(values) if values else None

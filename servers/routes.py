@@ -336,6 +336,10 @@ class PathEndpoint:
         self._operations = by_method
         self._allow = {"Allow": ", ".join(m for m in _METHOD_ORDER if m in by_method)}
 
+    def operation(self, method: str) -> Operation | None:
+        """The operation that serves ``method`` here (HEAD is GET's), if any."""
+        return self._operations.get(method)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         operation = self._operations.get(scope["method"])
         if operation is None:
