@@ -89,7 +89,7 @@ class RequestDurations:
         with self._lock:
             points = [
                 HistogramDataPoint(
-                    attributes=_attributes(key),
+                    attributes=attributes(*key),
                     start_time_unix_nano=self._started,
                     time_unix_nano=now,
                     count=series.count,
@@ -134,14 +134,14 @@ class RequestDurations:
         return MetricsData([resource, *others])
 
 
-def _attributes(key: SeriesKey) -> dict[str, str | int]:
-    method, scheme, status, route = key
-    attributes: dict[str, str | int] = {"http.request.method": method, "url.scheme": scheme}
+def attributes(method: str, scheme: str, status: int, route: str | None) -> dict[str, str | int]:
+    """The semantic conventions' attributes of one request's duration."""
+    found: dict[str, str | int] = {"http.request.method": method, "url.scheme": scheme}
     if status:
-        attributes["http.response.status_code"] = status
+        found["http.response.status_code"] = status
     if route is not None:
-        attributes["http.route"] = route
-    return attributes
+        found["http.route"] = route
+    return found
 
 
 class PrometheusReader(PrometheusMetricReader):

@@ -269,12 +269,7 @@ class _Measures:
             self._durations.record(seconds, method, scheme, status, template)
             return
         assert self._histogram is not None
-        attributes: dict[str, str | int] = {"http.request.method": method, "url.scheme": scheme}
-        if status:
-            attributes["http.response.status_code"] = status
-        if template is not None:
-            attributes["http.route"] = template
-        self._histogram.record(seconds, attributes)
+        self._histogram.record(seconds, durations.attributes(method, scheme, status, template))
 
     def _observe(self, _options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         return [
