@@ -341,7 +341,7 @@ class PathEndpoint:
         return self._operations.get(method)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        operation = self._operations.get(scope["method"])
+        operation = self.operation(scope["method"])
         if operation is None:
             raise HTTPException(status_code=405, headers=self._allow)
         response = await operation(Request(scope, receive, send))

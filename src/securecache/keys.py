@@ -63,7 +63,7 @@ class KeyScheme:
 
     def lease(self, kind: Kind, id_: str) -> str:
         """The key of a fill lease: who may fill ``value(kind, id_)`` right now."""
-        return f"{self._base}{{{validate_id(id_)}{self._tails[kind]}:lease"
+        return self.value(kind, id_) + ":lease"
 
     def values(self, kind: Kind, ids: Iterable[str]) -> list[str]:
         """The keys of many records, for ids the caller has validated (the read path's ids
@@ -73,8 +73,8 @@ class KeyScheme:
 
     def pair(self, kind: Kind, id_: str) -> tuple[str, str]:
         """The value key and the lease key of one id (what a lookup reads)."""
-        value = f"{self._base}{{{validate_id(id_)}{self._tails[kind]}"
-        return value, f"{value}:lease"
+        value = self.value(kind, id_)
+        return value, value + ":lease"
 
     def parse(self, key: str) -> tuple[Kind, str] | None:
         """Inverse of :meth:`value`; None for any key that is not a value key of this scheme."""

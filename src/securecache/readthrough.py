@@ -198,6 +198,14 @@ class ReadThrough(Generic[R]):
     def kind(self) -> Kind:
         return self._kind
 
+    def recall(self, id_: str) -> Any:
+        """The near cache's record of ``id_`` (None: known absent), or ``MISSING``.
+
+        Safe from the sync twin's caller threads (:meth:`NearCache.get` is).
+        """
+        near = self._near
+        return MISSING if near is None else near.get((self._kind, id_))
+
     def remembered(self, ids: Sequence[str]) -> tuple[dict[str, R | None], list[str]]:
         """What the near cache holds of ``ids`` (None: known absent), and the other ids.
 
@@ -219,10 +227,8 @@ class ReadThrough(Generic[R]):
 
     async def get(self, id_: str) -> R | None:
         """One record: from the near cache, or loaded at once, or with the gets around it."""
-        if self._near is not None:
-            hit = self._near.get((self._kind, id_))
-            if hit is not MISSING:
-                return hit  # type: ignore[no-any-return]
+        if self._near is not None and (hit := self.recall(id_)) is not MISSING:
+            return hit  # type: ignore[no-any-return]
         with self._telemetry.call_span(f"securecache {self._namespace}.get") as span:
             record, source = await self.load(id_)
             span.set_attribute(SOURCE, source)

@@ -29,6 +29,7 @@ from opentelemetry import metrics, trace
 from securecache import client
 from securecache.cache import REDIS_FAILURES, SyncReader, connect_sync
 from securecache.models import Health, Score, Security, validate_id, validate_ids
+from securecache.nearcache import MISSING
 from securecache.readthrough import CacheBackend, R, ReadThrough
 from securecache.settings import Settings
 from securecache.telemetry import SOURCE
@@ -107,10 +108,8 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
         """The record of ``security_id``, or None if there is none."""
         reads = self._reads
         id_ = validate_id(security_id)
-        if reads.near is not None:
-            found, rest = reads.remembered([id_])
-            if not rest:
-                return found[id_]
+        if reads.near is not None and (hit := reads.recall(id_)) is not MISSING:
+            return hit  # type: ignore[no-any-return]
         with reads.telemetry.call_span(f"securecache {reads.namespace}.get") as span:
             hits, _, missed = self._hits([id_])
             if hits:
