@@ -149,8 +149,10 @@ def method_lines(data: Data) -> list[str]:
     if http.get("tool"):
         lines.append(
             f"- HTTP: `{http.get('command')}` ({http.get('tool')}) against each server in "
-            f"turn, after a warm-up; servers started as {http.get('launch')}. Tracing: "
-            f"{http.get('tracing')}. wrk runs on the same machine as the server."
+            f"turn, after a warm-up, in {http.get('rounds', 1)} interleaved round(s) with a "
+            "fresh server each time (each figure the median of its rounds); servers started "
+            f"as {http.get('launch')}. Tracing: {http.get('tracing')}. wrk runs on the same "
+            "machine as the server."
         )
     elif http.get("note"):
         lines.append(f"- HTTP: not measured in this run ({http['note']}).")

@@ -54,7 +54,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="event loop of every async contender (default: asyncio's own)",
     )
     parser.add_argument("--no-http", action="store_true", help="skip the wrk measurements")
-    parser.add_argument("--http-duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--http-duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument(
+        "--http-rounds",
+        type=int,
+        default=5,
+        help="wrk runs per HTTP contender, interleaved (default 5; the median is kept)",
+    )
     parser.add_argument("--http-connections", type=int, default=64)
     parser.add_argument("--http-threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE, help="results.json/.md go here")
@@ -64,8 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.keys < 4 * BATCH:
         parser.error(f"--keys must be at least {4 * BATCH}")
-    if args.ops < 1 or args.repeat < 1 or args.herd < 1:
-        parser.error("--ops, --repeat and --herd must be positive")
+    if args.ops < 1 or args.repeat < 1 or args.herd < 1 or args.http_rounds < 1:
+        parser.error("--ops, --repeat, --herd and --http-rounds must be positive")
     return args
 
 
@@ -134,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     duration=args.http_duration,
                     connections=args.http_connections,
                     threads=args.http_threads,
+                    rounds=args.http_rounds,
                 )
         finally:
             clean_redis(servers.redis_url, args.key_prefix)

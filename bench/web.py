@@ -18,12 +18,14 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Final, Literal
 
@@ -226,10 +228,66 @@ def measure_one(
     return parsed
 
 
-def http_phase(
-    ctx: Context, results: Results, *, duration: int, connections: int, threads: int
+def combine(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One contender's rounds as one result: the median of each figure, the counts summed
+    (requests and errors per round, so that none is hidden by the median)."""
+    return {
+        "requests_per_second": statistics.median(r["requests_per_second"] for r in runs),
+        "p50_us": round(statistics.median(r["p50_us"] for r in runs), 1),
+        "p99_us": round(statistics.median(r["p99_us"] for r in runs), 1),
+        "requests": round(statistics.median(r["requests"] or 0 for r in runs)) or None,
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "socket_errors": sum(r["socket_errors"] for r in runs),
+        "server_log_lines": round(statistics.median(r["server_log_lines"] for r in runs)),
+    }
+
+
+def http_row(
+    contender: str, runs: Sequence[dict[str, Any]], note: str, duration: int
 ) -> dict[str, Any]:
-    """Measure the three HTTP contenders; returns what the results' metadata should say."""
+    """The results row of one HTTP contender from its rounds."""
+    parsed = combine(runs)
+    if len(runs) > 1:
+        rates = ", ".join(f"{r['requests_per_second']:,.0f}" for r in runs)
+        note += f"; median of {len(runs)} rounds ({rates} req/s)"
+    errors = parsed["non_2xx"] + parsed["socket_errors"]
+    if parsed["requests"] and parsed["server_log_lines"] >= parsed["requests"] // 2:
+        note += "; logs a line per request (access log on)"
+    if errors:
+        note += f"; {parsed['non_2xx']} non-2xx and {parsed['socket_errors']} socket errors"
+    return {
+        "workload": "http_get_security",
+        "contender": contender,
+        "label": LABELS[contender],
+        "available": True,
+        "keys_per_second": round(parsed["requests_per_second"]),
+        "p50_us": parsed["p50_us"],
+        "p99_us": parsed["p99_us"],
+        "calls": parsed["requests"],
+        "wall_ms": duration * 1000,
+        "note": note,
+        "requests_per_second": parsed["requests_per_second"],
+        "rounds_requests_per_second": [r["requests_per_second"] for r in runs],
+        "errors": errors,
+        "server_log_lines": parsed["server_log_lines"],
+    }
+
+
+def http_phase(
+    ctx: Context,
+    results: Results,
+    *,
+    duration: int,
+    connections: int,
+    threads: int,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """Measure the HTTP contenders; returns what the results' metadata should say.
+
+    ``rounds`` rounds, each running every contender once in turn (a fresh server each time),
+    so that a machine whose speed drifts during the phase weighs on every contender alike;
+    each contender's figures are the medians of its rounds.
+    """
     print("HTTP (wrk)", flush=True)
     wrk = shutil.which("wrk")
     launch = find_launch()
@@ -254,40 +312,27 @@ def http_phase(
             "duration sample per request"
         ),
     }
-    for contender, extra in pairs:
-        try:
-            parsed = measure_one(ctx, launch, contender, extra, wrk_argv)
-        except (ServerFailed, ValueError, subprocess.TimeoutExpired, OSError) as exc:
-            results.add(unavailable("http_get_security", contender, str(exc)))
-            continue
-        note = notes[contender]
-        errors = parsed["non_2xx"] + parsed["socket_errors"]
-        if parsed["requests"] and parsed["server_log_lines"] >= parsed["requests"] // 2:
-            note += "; logs a line per request (access log on)"
-        if errors:
-            note += f"; {parsed['non_2xx']} non-2xx and {parsed['socket_errors']} socket errors"
-        results.add(
-            {
-                "workload": "http_get_security",
-                "contender": contender,
-                "label": LABELS[contender],
-                "available": True,
-                "keys_per_second": round(parsed["requests_per_second"]),
-                "p50_us": parsed["p50_us"],
-                "p99_us": parsed["p99_us"],
-                "calls": parsed["requests"],
-                "wall_ms": duration * 1000,
-                "note": note,
-                "requests_per_second": parsed["requests_per_second"],
-                "errors": errors,
-                "server_log_lines": parsed["server_log_lines"],
-            }
-        )
+    runs: dict[str, list[dict[str, Any]]] = {contender: [] for contender, _ in pairs}
+    failures: dict[str, str] = {}
+    for _ in range(rounds):
+        for contender, extra in pairs:
+            if contender in failures:
+                continue
+            try:
+                runs[contender].append(measure_one(ctx, launch, contender, extra, wrk_argv))
+            except (ServerFailed, ValueError, subprocess.TimeoutExpired, OSError) as exc:
+                failures[contender] = str(exc)
+    for contender, _ in pairs:
+        if contender in failures:
+            results.add(unavailable("http_get_security", contender, failures[contender]))
+        else:
+            results.add(http_row(contender, runs[contender], notes[contender], duration))
     return {
         "tool": f"wrk {wrk_version(wrk)}",
         "command": " ".join(["wrk", *wrk_argv[1:], f"http://{LOOPBACK}:PORT{PATH}"]),
         "launch": launch.describe(),
         "duration_seconds": duration,
+        "rounds": rounds,
         "connections": connections,
         "threads": threads,
         "tracing": (

@@ -99,10 +99,10 @@ def representation(
 
 _ENCODED_RECORDS: Final = 4096
 """Records whose encoding :func:`record_representation` keeps (the hot set of a server)."""
-_encoded: dict[int, tuple[Security | Score, bytes, bytes, bytes]] = {}
+_encoded: dict[int, tuple[Security | Score, str, bytes, str, list[tuple[bytes, bytes]]]] = {}
 """By ``id(record)``: the record itself (held, so that no other object can have its id while
-it is here), its JSON, its entity tag and its JSON's length, oldest first. One event loop uses
-it."""
+it is here), the Cache-Control value, its JSON, its entity tag and the headers of its 200,
+oldest first. One event loop uses it."""
 
 
 def record_representation(
@@ -112,26 +112,25 @@ def record_representation(
 
     The read path hands out the same immutable record object for as long as its entry is
     hot (the near cache holds it; the decoder remembers it by the entry's bytes), so the
-    JSON and the tag are made once per record, not once per request.
+    JSON, the tag and the headers are made once per record, not once per request.
     """
     known = _encoded.get(id(record))
-    if known is None:
+    if known is None or known[1] != cache_control:
         if len(_encoded) >= _ENCODED_RECORDS:
             del _encoded[next(iter(_encoded))]
         body = codec.dumps(record)
-        known = _encoded[id(record)] = (
-            record,
-            body,
-            version_etag(record.version).encode("latin-1"),
-            str(len(body)).encode(),
-        )
-    _, body, etag, length = known
-    tags = [(b"etag", etag), (b"cache-control", cache_control.encode("latin-1"))]
-    if if_none_match is not None and none_match(if_none_match, etag.decode("latin-1")):
-        return _Encoded(304, b"", tags)
-    tags.append((b"content-length", length))
-    tags.append(_JSON_TYPE)
-    return _Encoded(200, body, tags)
+        etag = version_etag(record.version)
+        headers = [
+            (b"etag", etag.encode("latin-1")),
+            (b"cache-control", cache_control.encode("latin-1")),
+            (b"content-length", str(len(body)).encode()),
+            _JSON_TYPE,
+        ]
+        known = _encoded[id(record)] = (record, cache_control, body, etag, headers)
+    _, _, body, etag, headers = known
+    if if_none_match is not None and none_match(if_none_match, etag):
+        return _Encoded(304, b"", headers[:2])
+    return _Encoded(200, body, headers.copy())
 
 
 @attrs.frozen

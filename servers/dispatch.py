@@ -38,21 +38,24 @@ class DirectDispatch:
         self, app: ASGIApp, *, routes: Sequence[Route], handlers: Mapping[Any, Handler]
     ) -> None:
         self.app = app
-        self._routes = tuple(routes)
+        # Each route with the operations of its path by method (None: not one of ours).
+        self._routes = tuple(
+            (route, route.endpoint.operations if isinstance(route.endpoint, PathEndpoint) else None)
+            for route in routes
+        )
         # What Starlette's exception middleware is given: every handler but the one for
         # Exception (or 500), which the outermost middleware runs for an unhandled error.
         self._handlers = {k: v for k, v in handlers.items() if k not in (Exception, 500)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for route in self._routes:
+            for route, operations in self._routes:
                 match, child = route.matches(scope)
                 if match is Match.NONE:
                     continue
-                endpoint = route.endpoint
                 operation = (
-                    endpoint.operation(scope["method"])
-                    if match is Match.FULL and isinstance(endpoint, PathEndpoint)
+                    operations.get(scope["method"])
+                    if match is Match.FULL and operations is not None
                     else None
                 )
                 if operation is None:

@@ -80,8 +80,11 @@ class RequestDurations:
             series.counts[bucket] += 1
             series.total += seconds
             series.count += 1
-            series.low = min(series.low, seconds)
-            series.high = max(series.high, seconds)
+            # Comparisons rather than min() and max(): two builtin calls fewer a request.
+            if seconds < series.low:  # noqa: PLR1730
+                series.low = seconds
+            if seconds > series.high:  # noqa: PLR1730
+                series.high = seconds
 
     def metric(self) -> Metric | None:
         """The histogram as the SDK exports it; None before the first request."""

@@ -196,7 +196,12 @@ class Operation:
 
 def cache_of(request: Request) -> SecureCache:
     """The application's SecureCache; a request outside the lifespan is told to retry."""
-    cache = getattr(request.app.state, "cache", None)
+    try:
+        # State's item access: one dictionary look-up, where its attribute access first
+        # fails the usual look-up (a few hundred nanoseconds a request).
+        cache = request.scope["app"].state["cache"]
+    except KeyError:
+        cache = None
     if not isinstance(cache, SecureCache):
         raise UnavailableError("the server is starting or stopping")
     return cache
@@ -333,15 +338,12 @@ class PathEndpoint:
         by_method = dict(operations)
         if "GET" in by_method and "HEAD" not in by_method:
             by_method["HEAD"] = by_method["GET"]
-        self._operations = by_method
+        self.operations: Mapping[str, Operation] = by_method
+        """The operation that serves each method here (HEAD is GET's)."""
         self._allow = {"Allow": ", ".join(m for m in _METHOD_ORDER if m in by_method)}
 
-    def operation(self, method: str) -> Operation | None:
-        """The operation that serves ``method`` here (HEAD is GET's), if any."""
-        return self._operations.get(method)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        operation = self.operation(scope["method"])
+        operation = self.operations.get(scope["method"])
         if operation is None:
             raise HTTPException(status_code=405, headers=self._allow)
         response = await operation(Request(scope, receive, send))

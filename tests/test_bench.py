@@ -22,7 +22,7 @@ import pytest
 
 from bench.constant_app import app as constant_app
 from bench.goals import GOALS, evaluate
-from bench.web import parse_wrk
+from bench.web import http_row, parse_wrk
 from bench.workloads import expected_pairs
 from fix_servers import DATABASE_PREFIX
 from securecache.ops.dev import ServerInfo
@@ -134,6 +134,27 @@ def test_parse_wrk_reads_rate_latency_and_errors() -> None:
     }
     with pytest.raises(ValueError, match="--latency"):
         parse_wrk("Requests/sec:  10.0\n")
+
+
+def test_http_rounds_give_medians_and_keep_every_error() -> None:
+    """A contender's rounds become one row: the median rate and latencies, every round's
+    rate in the note and the row, and the errors of all rounds summed (none hidden)."""
+    rounds = [
+        {"requests_per_second": r, "p50_us": p50, "p99_us": p99, "requests": n,
+         "non_2xx": bad, "socket_errors": 0, "server_log_lines": 2}
+        for r, p50, p99, n, bad in (
+            (900.0, 300.0, 900.0, 9000, 0),
+            (1000.0, 100.0, 700.0, 10000, 2),
+            (1100.0, 200.0, 800.0, 11000, 1),
+        )
+    ]  # fmt: skip
+    row = http_row("public_api", rounds, "as shipped", duration=10)
+    assert (row["requests_per_second"], row["p50_us"], row["p99_us"]) == (1000.0, 200.0, 800.0)
+    assert row["rounds_requests_per_second"] == [900.0, 1000.0, 1100.0]
+    assert row["errors"] == 3
+    assert row["note"] == (
+        "as shipped; median of 3 rounds (900, 1,000, 1,100 req/s); 3 non-2xx and 0 socket errors"
+    )
 
 
 async def test_constant_app_answers_a_security() -> None:

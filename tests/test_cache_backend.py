@@ -5,6 +5,7 @@ double that breaks the contract fails here before it can mislead a race test."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -180,28 +181,75 @@ async def test_delete_and_announce(
         pubsub.close()
 
 
+def named(url: str, name: str) -> str:
+    """``url`` with a client name, so that the test can find its own connections."""
+    return f"{url}{'&' if '?' in url else '?'}client_name={name}"
+
+
+def own_connection_ids(admin: redis.Redis, name: str) -> list[str]:
+    return [str(c["id"]) for c in admin.client_list() if c.get("name") == name]
+
+
+@pytest.mark.parametrize("max_connections", [1, 16], ids=["none-kept", "kept"])
 async def test_a_read_on_a_connection_redis_dropped_is_sent_again_on_a_fresh_one(
-    servers: ServerInfo, keys: tuple[str, str]
+    servers: ServerInfo, keys: tuple[str, str], max_connections: int
 ) -> None:
-    """The hit path's MGET (sent on a pooled connection directly) heals a connection that
-    Redis closed (a restart, a CLIENT KILL, an idle timeout) the way the client's retry policy
-    would: one more try on a fresh connection, no failure counted, no fall-through.
+    """The hit path's MGET (sent on a pooled connection directly, or on one it keeps between
+    reads) heals connections that Redis closed (a restart, a CLIENT KILL, an idle timeout)
+    the way the client's retry policy would: one more try on a fresh connection, no failure
+    counted, no fall-through. With connections kept, two are kept here (two MGETs were in
+    flight at once) and both are killed: the retry does not take the other dead one.
 
     On the session's single Redis in every mode: on a cluster the MGETs go through redis-py's
     cluster client, not this path."""
+    name = "sc-test-" + secrets.token_hex(4)
     redis_admin = redis.Redis.from_url(servers.redis_url)
     redis_admin.set(keys[0], entry(4), px=TTL)
-    client = connect(servers.redis_url, cluster=False, timeout=1.0, max_connections=1)
+    client = connect(
+        named(servers.redis_url, name), cluster=False, timeout=1.0, max_connections=max_connections
+    )
     breaker = CircuitBreaker(1, 60.0)  # one failure would open it
     cache = RedisCache(client, Telemetry(), breaker)
     try:
-        assert await cache.entries([keys[0]]) == [entry(4)]
-        own_id = await client.client_id()  # the one pooled connection
-        assert redis_admin.client_kill_filter(_id=str(own_id)) == 1
+        together = 1 if max_connections == 1 else 2
+        reads = await asyncio.gather(*(cache.entries([keys[0]]) for _ in range(together)))
+        assert reads == [[entry(4)]] * together
+        killed = own_connection_ids(redis_admin, name)
+        assert len(killed) == together
+        for connection_id in killed:
+            assert redis_admin.client_kill_filter(_id=connection_id) == 1
         assert await cache.entries([keys[0]]) == [entry(4)]
         assert not breaker.is_open
-        assert await client.client_id() != own_id
+        assert own_connection_ids(redis_admin, name) not in ([], killed)
     finally:
         await cache.close()
         redis_admin.delete(keys[0])
+        redis_admin.close()
+
+
+async def test_a_read_cut_short_never_leaves_its_reply_for_the_next_read(
+    servers: ServerInfo, key_prefix: str
+) -> None:
+    """An MGET abandoned before its reply (here: past the deadline while Redis is paused)
+    leaves that reply on its connection. That connection is never used as it is for the next
+    read, which would otherwise take the old reply for its own keys' entries: redis-py
+    disconnects a connection whose read was interrupted, and the kept connections
+    (``ReadConnections``) take back only one whose exchange completed."""
+    scheme = KeyScheme(key_prefix)
+    first, second = (scheme.value(Kind.SCORE, "C" + secrets.token_hex(4)) for _ in range(2))
+    redis_admin = redis.Redis.from_url(servers.redis_url)
+    redis_admin.set(first, entry(1), px=TTL)
+    redis_admin.set(second, entry(2), px=TTL)
+    client = connect(servers.redis_url, cluster=False, timeout=1.0, max_connections=16)
+    cache = RedisCache(client, Telemetry(), CircuitBreaker(100, 60.0), deadline=0.2)
+    try:
+        assert await cache.entries([first]) == [entry(1)]  # its connection is kept
+        redis_admin.client_pause(600)
+        assert await cache.entries([first]) is None  # past the deadline: fails open
+        await asyncio.sleep(0.8)  # the pause is over: the first MGET's reply has arrived
+        assert await cache.entries([second]) == [entry(2)]
+        assert await cache.entries([first, second]) == [entry(1), entry(2)]
+    finally:
+        await cache.close()
+        redis_admin.delete(first, second)
         redis_admin.close()

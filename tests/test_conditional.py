@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from starlette.responses import Response
+
 from securecache import Security, codec
 from servers import conditional
 
@@ -40,3 +42,23 @@ def test_the_same_record_is_encoded_once_and_still_answers_conditions() -> None:
     assert again.body is first.body
     assert sent(record, '"7"') == (304, b"", '"7"')
     assert sent(record, '"6"')[0] == 200
+
+
+def test_a_remembered_record_is_sent_with_the_headers_starlette_would_send() -> None:
+    """The headers made once per record are Starlette's own for that body, under the
+    Cache-Control asked for each time; a response's headers are its own to change."""
+    record = security(2, version=3)
+    for cache_control in ("public, max-age=5", "no-store", "public, max-age=5"):
+        response = conditional.record_representation(None, record, cache_control)
+        expected = Response(
+            codec.dumps(record),
+            media_type="application/json",
+            headers={"ETag": '"3"', "Cache-Control": cache_control},
+        )
+        assert sorted(response.raw_headers) == sorted(expected.raw_headers)
+        response.headers["x-changed"] = "1"
+    again = conditional.record_representation(None, record, "public, max-age=5")
+    assert "x-changed" not in again.headers
+    not_modified = conditional.record_representation('W/"3"', record, "no-store")
+    assert (not_modified.status_code, not_modified.body) == (304, b"")
+    assert sorted(not_modified.raw_headers) == [(b"cache-control", b"no-store"), (b"etag", b'"3"')]

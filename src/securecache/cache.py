@@ -304,6 +304,68 @@ class SyncReader:
         self._client.close()
 
 
+class ReadConnections:
+    """A few connections of the client's pool kept checked out between the hit path's reads.
+
+    redis-py 8's pool spends about 9 us of CPU on a checkout and its release (a lock, its
+    observability records, a readiness check on the socket; measured with a loop of
+    ``get_connection`` and ``release``), as much as this library's whole policy for a hit. A
+    connection comes back here only after a complete request and reply, so it holds nothing
+    unread, which is what that check guards against; any other ending (an error, a deadline,
+    a cancellation) disconnects it and gives it back to the pool. When Redis drops a
+    connection (a restart), the others waiting here are dropped too (:meth:`drop_idle`), and
+    the next ones come from the pool, which connects afresh. At most ``keep`` wait here, so
+    the pool's other users are never short of connections because of them.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool, keep: int) -> None:
+        self._pool = pool
+        self._keep = keep
+        self._idle: list[aioredis.connection.AbstractConnection] = []
+
+    async def take(self) -> aioredis.connection.AbstractConnection:
+        if self._idle:
+            return self._idle.pop()
+        connection: aioredis.connection.AbstractConnection = (
+            await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        )
+        return connection
+
+    async def give_back(
+        self, connection: aioredis.connection.AbstractConnection, *, clean: bool
+    ) -> None:
+        """``clean``: the exchange on it completed; otherwise it is disconnected."""
+        if clean and len(self._idle) < self._keep:
+            self._idle.append(connection)
+            return
+        try:
+            if not clean:
+                await connection.disconnect()
+        finally:
+            await self._pool.release(connection)
+
+    async def drop_idle(self) -> None:
+        """Disconnect the connections waiting here and give them back to the pool."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            try:
+                await connection.disconnect()
+            finally:
+                await self._pool.release(connection)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self._pool.release(connection)
+
+
+def kept_read_connections(max_connections: int) -> int:
+    """How many connections the hit path keeps out of a pool of ``max_connections``: one in
+    eight, at most 2 (the reads of a loop go in one or two MGETs at a time), none from a
+    pool of fewer than 8."""
+    return min(2, max_connections // 8)
+
+
 class RedisCache:
     """The Redis round trips the policy needs, each failing open."""
 
@@ -326,6 +388,15 @@ class RedisCache:
         self._channel = channel
         """The near caches' invalidation channel; None when no process uses a near cache."""
         self._cluster = isinstance(client, RedisCluster)
+        self._reads = (
+            None
+            if isinstance(client, RedisCluster)
+            else ReadConnections(
+                client.connection_pool,
+                kept_read_connections(client.connection_pool.max_connections),
+            )
+        )
+        """Where the hit path's MGETs find a connection (see :meth:`_mget`)."""
         self.scripts_missing = False
         """True while Redis lacks the scripts and this user may not load them."""
         self._telemetry = telemetry
@@ -375,6 +446,8 @@ class RedisCache:
             self._bypass_until = max(self._bypass_until, time.monotonic() + bound)
 
     async def close(self) -> None:
+        if self._reads is not None:
+            await self._reads.close()
         await self._client.aclose()
 
     def note_failure(self) -> None:
@@ -464,23 +537,30 @@ class RedisCache:
         """``MGET`` on a connection of the client's pool, sent and read directly.
 
         redis-py's per-command wrapper (its retry object, observability hooks and response
-        callbacks) costs a cached read about as much CPU as this library's whole policy
-        (``python -m bench.profile_reads``); the hit path needs none of it but the retry,
-        done here the same way: a connection that died with a restarted Redis is dropped
-        and the command sent once more, on a fresh one.
+        callbacks) and its pool's checkout cost a cached read more CPU than this library's
+        whole policy (``python -m bench.profile_reads``); the hit path needs none of it but
+        the retry, done here the same way: a connection that died with a restarted Redis is
+        dropped and the command sent once more, on a fresh one. The connection comes from
+        :class:`ReadConnections`.
         """
-        pool = self._client.connection_pool  # type: ignore[union-attr]
+        reads = self._reads
+        assert reads is not None  # a single Redis: a cluster's MGETs go through its client
+        # Bytes, which redis-py's encoder passes through at its first check (a str takes five).
+        encoded = [key.encode() for key in keys]
         for attempt in range(2):
-            connection = await pool.get_connection()
+            connection = await reads.take()
+            clean = False
             try:
-                await connection.send_command("MGET", *keys)
-                return await connection.read_response()  # type: ignore[no-any-return]
+                await connection.send_command("MGET", *encoded)
+                reply = await connection.read_response()
+                clean = True
+                return reply  # type: ignore[no-any-return]
             except RedisConnectionError:
-                await connection.disconnect()
                 if attempt:
                     raise
+                await reads.drop_idle()  # Redis dropped one: the others may be gone too
             finally:
-                await pool.release(connection)
+                await reads.give_back(connection, clean=clean)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def lookup(

@@ -63,7 +63,7 @@ class Securities:
 
     async def get(self, security_id: str) -> Security | None:
         """The security, or None if it does not exist."""
-        return await self._reads.get(validate_id(security_id))
+        return await self._reads.get(security_id)
 
     async def get_many(self, security_ids: Iterable[str]) -> dict[str, Security]:
         """The securities among ``security_ids`` that exist."""
@@ -91,7 +91,7 @@ class Scores:
 
     async def get(self, security_id: str) -> Score | None:
         """The score of a security, or None if it has none (or the security does not exist)."""
-        return await self._reads.get(validate_id(security_id))
+        return await self._reads.get(security_id)
 
     async def get_many(self, security_ids: Iterable[str]) -> dict[str, Score]:
         """The scores among ``security_ids`` that exist."""

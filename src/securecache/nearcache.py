@@ -53,6 +53,8 @@ class NearCache:
         self._size = size
         self._max_age = max_age
         self._telemetry = telemetry
+        self._hits = telemetry.near_hits
+        self._misses = telemetry.near_misses
         self._clock = clock
         self._entries: OrderedDict[NearKey, tuple[Any, float]] = OrderedDict()
         self._seq = 0
@@ -74,20 +76,17 @@ class NearCache:
         if not self.usable:
             return MISSING
         found = self._entries.get(key)
-        if found is None:
-            self._telemetry.near_misses.add(1)
-            return MISSING
-        value, stored_at = found
-        if self._clock() - stored_at > self._max_age:
+        if found is not None and self._clock() - found[1] <= self._max_age:
+            try:  # noqa: SIM105 - contextlib.suppress would cost a context manager per hit
+                self._entries.move_to_end(key)
+            except KeyError:  # evicted meanwhile, by another thread: still a hit
+                pass
+            self._hits.tick()
+            return found[0]
+        if found is not None:  # past its maximum age
             self._entries.pop(key, None)
-            self._telemetry.near_misses.add(1)
-            return MISSING
-        try:  # noqa: SIM105 - contextlib.suppress would cost a context manager per hit
-            self._entries.move_to_end(key)
-        except KeyError:  # evicted meanwhile, by another thread: still a hit
-            pass
-        self._telemetry.near_hits.add(1)
-        return value
+        self._misses.tick()
+        return MISSING
 
     def ticket(self) -> int:
         """Taken before looking in Redis: what :meth:`put` checks invalidations against."""

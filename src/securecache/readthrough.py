@@ -43,7 +43,7 @@ from securecache.cache import (
 )
 from securecache.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from securecache.keys import KeyScheme, Kind
-from securecache.models import Score, Security
+from securecache.models import Score, Security, validate_id
 from securecache.nearcache import MISSING, NearCache
 from securecache.telemetry import SOURCE, Telemetry
 
@@ -198,13 +198,17 @@ class ReadThrough(Generic[R]):
     def kind(self) -> Kind:
         return self._kind
 
-    def recall(self, id_: str) -> Any:
+    def recall(self, id_: object) -> Any:
         """The near cache's record of ``id_`` (None: known absent), or ``MISSING``.
 
+        ``id_`` need not be validated: the near cache holds valid ids only, so a hit proves
+        it valid, and anything else is ``MISSING`` (to be validated before it is loaded).
         Safe from the sync twin's caller threads (:meth:`NearCache.get` is).
         """
         near = self._near
-        return MISSING if near is None else near.get((self._kind, id_))
+        if near is None or type(id_) is not str:
+            return MISSING
+        return near.get((self._kind, id_))
 
     def remembered(self, ids: Sequence[str]) -> tuple[dict[str, R | None], list[str]]:
         """What the near cache holds of ``ids`` (None: known absent), and the other ids.
@@ -226,10 +230,19 @@ class ReadThrough(Generic[R]):
         return found, rest
 
     async def get(self, id_: str) -> R | None:
-        """One record: from the near cache, or loaded at once, or with the gets around it."""
-        if self._near is not None and (hit := self.recall(id_)) is not MISSING:
-            return hit  # type: ignore[no-any-return]
-        with self._telemetry.call_span(f"securecache {self._namespace}.get") as span:
+        """One record: from the near cache, or (its id validated) loaded at once, or with the
+        gets around it."""
+        near = self._near
+        if near is not None and type(id_) is str:
+            hit = near.get((self._kind, id_))
+            if hit is not MISSING:
+                return hit  # type: ignore[no-any-return]
+        id_ = validate_id(id_)
+        telemetry = self._telemetry
+        if not telemetry.tracing():  # no span to open or describe: the common case, kept short
+            record, _ = await self.load(id_)
+            return record
+        with telemetry.call_span(f"securecache {self._namespace}.get") as span:
             record, source = await self.load(id_)
             span.set_attribute(SOURCE, source)
             return record

@@ -107,9 +107,10 @@ class _Reads(_Twin[Inner], Generic[Inner, R]):
     def get(self, security_id: str) -> R | None:
         """The record of ``security_id``, or None if there is none."""
         reads = self._reads
-        id_ = validate_id(security_id)
-        if reads.near is not None and (hit := reads.recall(id_)) is not MISSING:
+        hit = reads.recall(security_id)
+        if hit is not MISSING:
             return hit  # type: ignore[no-any-return]
+        id_ = validate_id(security_id)
         with reads.telemetry.call_span(f"securecache {reads.namespace}.get") as span:
             hits, _, missed = self._hits([id_])
             if hits:

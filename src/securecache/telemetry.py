@@ -7,9 +7,10 @@ providers, which tests use to capture spans in memory.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Final
 
@@ -49,6 +50,12 @@ class Tally:
         self.name = name
         self._counts: dict[tuple[tuple[str, str], ...], int] = {}
         self._lock = threading.Lock()
+        self._ticks = itertools.count()
+        self._ticks_observed = 0
+        """How many values of ``_ticks`` :meth:`_observe` itself took (one a collection)."""
+        self.tick: Callable[[], object] = self._ticks.__next__
+        """``add(1)`` without attributes, for the hottest counts (a near-cache hit): the
+        count's own ``__next__``, so no lock and no Python frame (one step under the GIL)."""
         meter.create_observable_counter(
             name, callbacks=[self._observe], unit=unit, description=description
         )
@@ -60,8 +67,13 @@ class Tally:
 
     def _observe(self, _options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         with self._lock:
-            counts = list(self._counts.items())
-        return [metrics.Observation(total, dict(key)) for key, total in counts]
+            counts = dict(self._counts)
+            # The count's next value is the ticks so far plus the values taken here before.
+            ticks = next(self._ticks) - self._ticks_observed
+            self._ticks_observed += 1
+        if ticks:
+            counts[()] = counts.get((), 0) + ticks
+        return [metrics.Observation(total, dict(key)) for key, total in counts.items()]
 
 
 class Telemetry:
