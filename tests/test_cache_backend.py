@@ -25,7 +25,9 @@ from securecache.cache import (
     STORED,
     CacheWrite,
     RedisCache,
+    SyncReader,
     connect,
+    connect_sync,
 )
 from securecache.keys import KeyScheme, Kind
 from securecache.ops.dev import ServerInfo
@@ -222,6 +224,40 @@ async def test_a_read_on_a_connection_redis_dropped_is_sent_again_on_a_fresh_one
         assert not breaker.is_open
         assert own_connection_ids(redis_admin, name) not in ([], killed)
     finally:
+        await cache.close()
+        redis_admin.delete(keys[0])
+        redis_admin.close()
+
+
+async def test_the_sync_hit_path_sends_its_mget_again_on_a_fresh_connection(
+    servers: ServerInfo, keys: tuple[str, str]
+) -> None:
+    """The sync twin's MGET (sent on a pooled connection directly, on the caller's thread)
+    survives a connection that Redis closed: no failure reported, no fall-through to the loop
+    (here the pool's checkout finds the closed socket and connects afresh; a connection that
+    dies during the command is tried once more, as the loop's is)."""
+    name = "sc-test-" + secrets.token_hex(4)
+    redis_admin = redis.Redis.from_url(servers.redis_url)
+    redis_admin.set(keys[0], entry(4), px=TTL)
+    client = connect_sync(named(servers.redis_url, name), cluster=False, timeout=1.0,
+                          max_connections=1)  # fmt: skip
+    cache = RedisCache(
+        connect(servers.redis_url, cluster=False, timeout=1.0, max_connections=1),
+        Telemetry(),
+        CircuitBreaker(1, 60.0),
+    )
+    failures: list[None] = []
+    reader = SyncReader(client, cache, Telemetry(), lambda: failures.append(None))
+    try:
+        assert reader.entries([keys[0]]) == [entry(4)]
+        killed = own_connection_ids(redis_admin, name)
+        assert len(killed) == 1
+        assert redis_admin.client_kill_filter(_id=killed[0]) == 1
+        assert reader.entries([keys[0]]) == [entry(4)]
+        assert failures == []
+        assert own_connection_ids(redis_admin, name) not in ([], killed)
+    finally:
+        reader.close()
         await cache.close()
         redis_admin.delete(keys[0])
         redis_admin.close()
