@@ -9,11 +9,13 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
 import redis
 
+from faultproxy import FaultProxy, Mode
 from fix_cluster import RedisTarget
 from interposed import Interposed
 from securecache.breaker import CircuitBreaker
@@ -266,26 +268,36 @@ async def test_the_sync_hit_path_sends_its_mget_again_on_a_fresh_connection(
 async def test_a_read_cut_short_never_leaves_its_reply_for_the_next_read(
     servers: ServerInfo, key_prefix: str
 ) -> None:
-    """An MGET abandoned before its reply (here: past the deadline while Redis is paused)
-    leaves that reply on its connection. That connection is never used as it is for the next
-    read, which would otherwise take the old reply for its own keys' entries: redis-py
-    disconnects a connection whose read was interrupted, and the kept connections
-    (``ReadConnections``) take back only one whose exchange completed."""
+    """An MGET abandoned before its reply (here: past the deadline, its reply held by a proxy
+    in front of Redis and delivered afterwards) leaves that reply on its connection. That
+    connection is never used as it is for the next read, which would otherwise take the old
+    reply for its own keys' entries: redis-py disconnects a connection whose read was
+    interrupted, and the kept connections (``ReadConnections``) take back only one whose
+    exchange completed."""
     scheme = KeyScheme(key_prefix)
     first, second = (scheme.value(Kind.SCORE, "C" + secrets.token_hex(4)) for _ in range(2))
     redis_admin = redis.Redis.from_url(servers.redis_url)
     redis_admin.set(first, entry(1), px=TTL)
     redis_admin.set(second, entry(2), px=TTL)
-    client = connect(servers.redis_url, cluster=False, timeout=1.0, max_connections=16)
+    url = urlsplit(servers.redis_url)
+    proxy = FaultProxy(url.hostname or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    credentials = url.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
+    client = connect(
+        urlunsplit(url._replace(netloc=netloc)), cluster=False, timeout=1.0, max_connections=16
+    )
     cache = RedisCache(client, Telemetry(), CircuitBreaker(100, 60.0), deadline=0.2)
     try:
         assert await cache.entries([first]) == [entry(1)]  # its connection is kept
-        redis_admin.client_pause(600)
+        proxy.set(Mode.HANG)
         assert await cache.entries([first]) is None  # past the deadline: fails open
-        await asyncio.sleep(0.8)  # the pause is over: the first MGET's reply has arrived
+        proxy.set(Mode.PASS)  # the held MGET goes on; its reply comes back
+        await asyncio.sleep(0.2)
         assert await cache.entries([second]) == [entry(2)]
         assert await cache.entries([first, second]) == [entry(1), entry(2)]
     finally:
         await cache.close()
+        await proxy.stop()
         redis_admin.delete(first, second)
         redis_admin.close()
