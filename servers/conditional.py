@@ -85,16 +85,30 @@ class _Encoded(Response):
 _JSON_TYPE: Final = (b"content-type", JSON.encode())
 
 
+def _headers(etag: str, cache_control: str, body: bytes) -> list[tuple[bytes, bytes]]:
+    """The tags (what a 304 carries too, first), then the body's length and type."""
+    return [
+        (b"etag", etag.encode("latin-1")),
+        (b"cache-control", cache_control.encode("latin-1")),
+        (b"content-length", str(len(body)).encode()),
+        _JSON_TYPE,
+    ]
+
+
+def _answer(
+    if_none_match: str | None, body: bytes, etag: str, headers: list[tuple[bytes, bytes]]
+) -> Response:
+    """200 with the body, or 304 with the tags alone when If-None-Match already names it."""
+    if if_none_match is not None and none_match(if_none_match, etag):
+        return _Encoded(304, b"", headers[:2])
+    return _Encoded(200, body, headers)
+
+
 def representation(
     if_none_match: str | None, body: bytes, etag: str, cache_control: str
 ) -> Response:
     """200 with the body, or 304 when If-None-Match already names it; both carry the tags."""
-    tags = [(b"etag", etag.encode("latin-1")), (b"cache-control", cache_control.encode("latin-1"))]
-    if if_none_match is not None and none_match(if_none_match, etag):
-        return _Encoded(304, b"", tags)
-    tags.append((b"content-length", str(len(body)).encode()))
-    tags.append(_JSON_TYPE)
-    return _Encoded(200, body, tags)
+    return _answer(if_none_match, body, etag, _headers(etag, cache_control, body))
 
 
 _ENCODED_RECORDS: Final = 4096
@@ -120,17 +134,15 @@ def record_representation(
             del _encoded[next(iter(_encoded))]
         body = codec.dumps(record)
         etag = version_etag(record.version)
-        headers = [
-            (b"etag", etag.encode("latin-1")),
-            (b"cache-control", cache_control.encode("latin-1")),
-            (b"content-length", str(len(body)).encode()),
-            _JSON_TYPE,
-        ]
-        known = _encoded[id(record)] = (record, cache_control, body, etag, headers)
+        known = _encoded[id(record)] = (
+            record,
+            cache_control,
+            body,
+            etag,
+            _headers(etag, cache_control, body),
+        )
     _, _, body, etag, headers = known
-    if if_none_match is not None and none_match(if_none_match, etag):
-        return _Encoded(304, b"", headers[:2])
-    return _Encoded(200, body, headers.copy())
+    return _answer(if_none_match, body, etag, headers.copy())  # each response its own list
 
 
 @attrs.frozen

@@ -340,13 +340,15 @@ class ReadConnections:
     unread, which is what that check guards against; any other ending (an error, a deadline,
     a cancellation) disconnects it and gives it back to the pool. When Redis drops a
     connection (a restart), the others waiting here are dropped too (:meth:`drop_idle`), and
-    the next ones come from the pool, which connects afresh. At most ``keep`` wait here, so
+    the next ones come from the pool, which connects afresh. At most two wait here, so
     the pool's other users are never short of connections because of them.
     """
 
-    def __init__(self, pool: aioredis.ConnectionPool, keep: int) -> None:
+    def __init__(self, pool: aioredis.ConnectionPool) -> None:
         self._pool = pool
-        self._keep = keep
+        # One in eight of the pool, at most 2 (a loop's reads go in one or two MGETs at a
+        # time), none from a pool of fewer than 8.
+        self._keep = min(2, pool.max_connections // 8)
         self._idle: list[aioredis.connection.AbstractConnection] = []
 
     async def take(self) -> aioredis.connection.AbstractConnection:
@@ -371,25 +373,14 @@ class ReadConnections:
             await self._pool.release(connection)
 
     async def drop_idle(self) -> None:
-        """Disconnect the connections waiting here and give them back to the pool."""
+        """Disconnect the connections waiting here and give them back to the pool (after a
+        dropped connection, and when the client closes)."""
         idle, self._idle = self._idle, []
         for connection in idle:
             try:
                 await connection.disconnect()
             finally:
                 await self._pool.release(connection)
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await self._pool.release(connection)
-
-
-def kept_read_connections(max_connections: int) -> int:
-    """How many connections the hit path keeps out of a pool of ``max_connections``: one in
-    eight, at most 2 (the reads of a loop go in one or two MGETs at a time), none from a
-    pool of fewer than 8."""
-    return min(2, max_connections // 8)
 
 
 class RedisCache:
@@ -415,12 +406,7 @@ class RedisCache:
         """The near caches' invalidation channel; None when no process uses a near cache."""
         self._cluster = isinstance(client, RedisCluster)
         self._reads = (
-            None
-            if isinstance(client, RedisCluster)
-            else ReadConnections(
-                client.connection_pool,
-                kept_read_connections(client.connection_pool.max_connections),
-            )
+            None if self._cluster else ReadConnections(client.connection_pool)  # type: ignore[union-attr]
         )
         """Where the hit path's MGETs find a connection (see :meth:`_mget`)."""
         self.scripts_missing = False
@@ -473,7 +459,7 @@ class RedisCache:
 
     async def close(self) -> None:
         if self._reads is not None:
-            await self._reads.close()
+            await self._reads.drop_idle()
         await self._client.aclose()
 
     def note_failure(self) -> None:

@@ -232,11 +232,9 @@ class ReadThrough(Generic[R]):
     async def get(self, id_: str) -> R | None:
         """One record: from the near cache, or (its id validated) loaded at once, or with the
         gets around it."""
-        near = self._near
-        if near is not None and type(id_) is str:
-            hit = near.get((self._kind, id_))
-            if hit is not MISSING:
-                return hit  # type: ignore[no-any-return]
+        hit = self.recall(id_)
+        if hit is not MISSING:
+            return hit  # type: ignore[no-any-return]
         id_ = validate_id(id_)
         telemetry = self._telemetry
         if not telemetry.tracing():  # no span to open or describe: the common case, kept short
